@@ -1,0 +1,74 @@
+"""Shared fixtures: small generated image folders, the real Fruits-360 subset, composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+FRUITS_ROOT = Path(os.environ.get("FRUITS360_ROOT", REPO_ROOT.parent / "shared" / "data" / "fruits360-10"))
+
+# Small settings that keep CPU runs short: vit_tiny at 32px is 4 patches + CLS.
+FAST_OVERRIDES = [
+    "model.pretrained=false",
+    "model.img_size=32",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="session")
+def fruits_root() -> Path:
+    if not (FRUITS_ROOT / "train").is_dir():
+        pytest.skip(f"Fruits-360 subset not found at {FRUITS_ROOT} (set FRUITS360_ROOT to run these tests)")
+    return FRUITS_ROOT
+
+
+def write_image(path: Path, rng: np.random.Generator, size=(24, 20), mode="RGB", colour=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if colour is None:
+        array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    else:
+        array = np.broadcast_to(np.asarray(colour, dtype=np.uint8), (size[1], size[0], 3)).copy()
+        array = np.clip(array.astype(int) + rng.integers(-20, 21, array.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(array, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, int], split: str | None = None, ext=".png", seed=0,
+                      colours: dict[str, tuple] | None = None) -> Path:
+    """root[/split]/<class>/img_<i><ext> with `classes[name]` images each (solid-ish colour per class)."""
+    rng = np.random.default_rng(seed)
+    base = root / split if split else root
+    for index, (name, count) in enumerate(classes.items()):
+        colour = (colours or {}).get(name, ((index * 97) % 256, (index * 57 + 80) % 256, (index * 31 + 160) % 256))
+        for i in range(count):
+            write_image(base / name / f"img_{i:03d}{ext}", rng, colour=colour)
+    return root
+
+
+@pytest.fixture
+def image_folder_factory(tmp_path):
+    def factory(classes: dict[str, int], splits=("train", "test"), **kwargs) -> Path:
+        root = tmp_path / "images"
+        for split in splits:
+            make_image_folder(root, classes, split, **kwargs)
+        return root
+
+    return factory
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])

@@ -1,0 +1,84 @@
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vitcls.data.transforms import resolve_data_config
+from vitcls.models import backbone as backbone_module
+from vitcls.models.backbone import PretrainedWeightsUnavailable, create_backbone
+from vitcls.models.module import ImageClassifier
+
+NAME = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def source_model():
+    """A timm model trained elsewhere on 7 classes: its weights file is what users bring."""
+    torch.manual_seed(0)
+    return timm.create_model(NAME, pretrained=False, num_classes=7)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_load_backbone_and_leave_a_fresh_head(tmp_path, source_model, suffix):
+    path = tmp_path / f"weights{suffix}"
+    state = source_model.state_dict()
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+
+    torch.manual_seed(123)
+    module = ImageClassifier(
+        backbone={"name": NAME, "weights": str(path), "img_size": 224},
+        head={"_target_": "vitcls.models.heads.LinearHead"},
+        class_names=["a", "b", "c"],
+    )
+    loaded = module.backbone.state_dict()
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+    assert not any(key.startswith("head.") for key in loaded)
+    assert module.head.fc.weight.shape == (3, 192)
+    assert not torch.allclose(module.head.fc.weight[:3], state["head.weight"][:3])
+
+
+def test_local_weights_resize_position_embedding_for_another_image_size(tmp_path, source_model):
+    path = tmp_path / "weights.safetensors"
+    save_file(source_model.state_dict(), path)
+    model = create_backbone(NAME, weights=str(path), img_size=64)
+    assert model.pos_embed.shape == (1, 1 + 4 * 4, 192)
+    assert torch.equal(model.blocks[3].mlp.fc1.weight, source_model.blocks[3].mlp.fc1.weight)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.weights file not found"):
+        create_backbone(NAME, weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_pretrained_offline_fails_fast_with_a_way_out(monkeypatch):
+    monkeypatch.setattr(backbone_module, "_pretrained_in_cache", lambda name: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.time()
+    with pytest.raises(PretrainedWeightsUnavailable) as error:
+        create_backbone("vit_tiny_patch16_224.augreg_in21k", pretrained=True)
+    assert time.time() - started < 10
+    assert "model.pretrained=false" in str(error.value)
+    assert "model.weights=" in str(error.value)
+
+
+def test_unknown_model_name_is_rejected():
+    with pytest.raises(ValueError, match="not a timm model"):
+        create_backbone("vit_imaginary_patch3")
+
+
+def test_avg_pool_keeps_the_final_norm_where_pretrained_weights_expect_it():
+    model = create_backbone(NAME, pool="avg", img_size=32)
+    assert isinstance(model.norm, torch.nn.LayerNorm)
+    assert isinstance(model.fc_norm, torch.nn.Identity)
+    assert model.global_pool == "avg"
+
+
+def test_backbone_returns_pooled_features_and_data_config_follows_img_size():
+    model = create_backbone(NAME, img_size=48).eval()
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, model.num_features)
+    config = resolve_data_config(model)
+    assert config["input_size"] == (3, 48, 48)  # timm's own resolver would say 224
+    assert config["mean"] == (0.5, 0.5, 0.5)

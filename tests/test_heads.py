@@ -1,0 +1,51 @@
+import hydra.utils
+import pytest
+import torch
+from conftest import CONF_DIR
+from omegaconf import OmegaConf
+
+from vitcls.models.heads import HEADS, LinearHead, MLPHead
+
+HEAD_YAMLS = sorted(p.stem for p in (CONF_DIR / "head").glob("*.yaml"))
+
+
+def test_every_head_yaml_is_registered_and_builds():
+    assert {"linear", "mlp"} <= set(HEAD_YAMLS)
+    for name in HEAD_YAMLS:
+        config = OmegaConf.load(CONF_DIR / "head" / f"{name}.yaml")
+        head = hydra.utils.instantiate(config, in_features=24, num_classes=5)
+        assert HEADS[name] is type(head)
+        assert head(torch.randn(3, 24)).shape == (3, 5)
+
+
+def test_mlp_layers_follow_the_config():
+    head = MLPHead(16, 4, hidden_dims=[32, 8], activation="relu", dropout=0.3, norm="layernorm")
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 8), (8, 4)]
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in head.modules()) == 2
+    assert sum(isinstance(m, torch.nn.ReLU) for m in head.modules()) == 2
+    assert head(torch.randn(2, 16)).shape == (2, 4)
+
+
+def test_mlp_with_batchnorm_trains_on_a_batch():
+    head = MLPHead(8, 3, hidden_dims=[16], norm="batchnorm")
+    assert head(torch.randn(4, 8)).shape == (4, 3)
+
+
+def test_linear_dropout_is_active_only_in_training():
+    head = LinearHead(10, 2, dropout=0.9)
+    x = torch.randn(64, 10)
+    head.eval()
+    assert torch.equal(head(x), head(x))
+    head.train()
+    assert not torch.equal(head(x), head(x))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"activation": "swishy"}, "head.activation"),
+    ({"norm": "groupnorm"}, "head.norm"),
+    ({"hidden_dims": [0]}, "head.hidden_dims"),
+])
+def test_bad_head_settings_name_the_setting(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MLPHead(8, 2, **kwargs)

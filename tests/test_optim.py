@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from vitcls.models.module import ImageClassifier
+from vitcls.models.optim import create_optimizer, create_scheduler
+
+
+def make_module(freeze=False):
+    return ImageClassifier(
+        backbone={"name": "vit_tiny_patch16_224", "img_size": 32, "freeze": freeze},
+        head={"_target_": "vitcls.models.heads.MLPHead", "hidden_dims": [16]},
+        class_names=["a", "b", "c"],
+    )
+
+
+def group_of(optimizer, parameter):
+    return next(g for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
+
+
+def test_groups_separate_lr_and_no_decay_on_norms_biases_and_tokens():
+    module = make_module()
+    opt = create_optimizer(module.backbone, module.head, lr=1e-4, head_lr=1e-3, weight_decay=0.05)
+    assert isinstance(opt, torch.optim.AdamW)
+    backbone, head = module.backbone, module.head
+    for no_decay in (backbone.cls_token, backbone.pos_embed, backbone.norm.weight, backbone.blocks[0].attn.qkv.bias):
+        assert group_of(opt, no_decay)["weight_decay"] == 0.0
+    assert group_of(opt, backbone.blocks[0].attn.qkv.weight)["weight_decay"] == 0.05
+    assert group_of(opt, backbone.blocks[0].attn.qkv.weight)["lr"] == 1e-4
+    assert group_of(opt, head.fc.weight)["lr"] == 1e-3
+    assert group_of(opt, head.fc.weight)["weight_decay"] == 0.05
+    assert group_of(opt, head.fc.bias)["weight_decay"] == 0.0
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len(list(module.backbone.parameters())) + len(list(module.head.parameters()))
+
+
+def test_frozen_backbone_is_not_optimised_and_stays_in_eval_mode():
+    module = make_module(freeze=True)
+    opt = create_optimizer(module.backbone, module.head, lr=1e-3)
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in module.head.parameters()}
+    module.train()
+    assert not module.backbone.training and module.head.training
+
+
+def test_warmup_then_cosine_per_step_keeps_each_groups_lr():
+    module = make_module()
+    opt = create_optimizer(module.backbone, module.head, lr=1e-3, head_lr=1e-2)
+    sched = create_scheduler(opt, total_steps=100, warmup_steps=10)
+    lrs = []
+    for step in range(100):
+        sched.step_update(num_updates=step)
+        lrs.append([g["lr"] for g in opt.param_groups])
+    backbone_lr = [row[0] for row in lrs]
+    assert backbone_lr[0] == 0.0
+    assert backbone_lr[5] == pytest.approx(5e-4)
+    assert backbone_lr[10] == max(backbone_lr) == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(backbone_lr[10:], backbone_lr[11:], strict=False))
+    assert backbone_lr[-1] < 1e-5
+    head_index = next(i for i, g in enumerate(opt.param_groups) if g["name"].startswith("head"))
+    assert lrs[50][head_index] == pytest.approx(10 * lrs[50][0])
+
+
+def test_linear_decay_and_warmup_fraction():
+    module = make_module()
+    opt = create_optimizer(module.backbone, module.head, lr=1.0)
+    sched = create_scheduler(opt, total_steps=10, decay="linear", warmup_fraction=0.0)
+    values = []
+    for step in range(10):
+        sched.step_update(num_updates=step)
+        values.append(opt.param_groups[0]["lr"])
+    assert values[0] == pytest.approx(1.0)
+    assert values[5] == pytest.approx(0.5)
+
+
+def test_bad_settings_are_named():
+    module = make_module()
+    with pytest.raises(ValueError, match="optim.lr"):
+        create_optimizer(module.backbone, module.head, lr=0)
+    with pytest.raises(ValueError, match="sched.decay"):
+        create_scheduler(create_optimizer(module.backbone, module.head), total_steps=5, decay="step")

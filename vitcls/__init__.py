@@ -1,0 +1,3 @@
+"""vitcls: head-based image classification with timm Vision Transformers, Lightning and Hydra."""
+
+__version__ = "0.1.0"

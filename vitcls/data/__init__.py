@@ -1,0 +1,1 @@
+"""Image folders: scanning, splitting, decoding, the DataModule, synthetic demo data."""

@@ -1,0 +1,162 @@
+"""LightningDataModule over an image folder: scan once, split deterministically, decode in workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from vitcls.data.dataset import ImageFileDataset
+from vitcls.data.folder import FolderScan, Sample, scan_folder
+from vitcls.data.split import stratified_split
+from vitcls.data.transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+
+class FolderSource(Protocol):
+    """Something that can put a labelled image folder at `root` (a generator, a downloader...)."""
+
+    def prepare(self, root: Path) -> None: ...
+
+
+def default_num_workers(devices: int = 1) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // max(1, devices)))
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train/val/test dataloaders over `root` (see `vitcls.data.folder` for the accepted layouts).
+
+    Split rules: a val/ folder is used as is, otherwise `val_fraction` of train is held out
+    (stratified, seeded by `split_seed`). Without a test/ folder, `test_fraction` of train is held out
+    first. Transforms come from the backbone: call `set_data_config` (done by `vitcls.train.run`)
+    or let `setup` take `trainer.lightning_module.data_config`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 42,
+        train_augment: dict[str, Any] | None = None,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        source: FolderSource | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["source"])
+        self.hparams.root = str(Path(root).expanduser().resolve())
+        self.root = Path(self.hparams.root)
+        self.source = source
+        self.data_config: dict[str, Any] | None = None
+        self._scan: FolderScan | None = None
+        self._splits: dict[str, list[Sample]] | None = None
+        self.datasets: dict[str, ImageFileDataset] = {}
+
+    # --- folder and splits -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.source is not None:
+            self.source.prepare(self.root)
+
+    def scan(self) -> FolderScan:
+        """Validate the folder (raises DatasetLayoutError with the expected layout) and cache the scan."""
+        if self._scan is None:
+            self._scan = scan_folder(self.root)
+            log.info("data.root %s: %s", self.root, self._scan.summary())
+        return self._scan
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.scan().class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def splits(self) -> dict[str, list[Sample]]:
+        if self._splits is None:
+            scan = self.scan()
+            train = scan.samples("train")
+            seed = self.hparams.split_seed
+            test = scan.samples("test") if "test" in scan.splits else None
+            if test is None:
+                train, test = stratified_split(train, self.hparams.test_fraction, seed)
+            val = scan.samples("val") if "val" in scan.splits else None
+            if val is None:
+                train, val = stratified_split(train, self.hparams.val_fraction, seed + 1)
+            self._splits = {"train": train, "val": val, "test": test}
+        return self._splits
+
+    # --- transforms and datasets -------------------------------------------------------------
+    def set_data_config(self, data_config: dict[str, Any]) -> None:
+        """Use the backbone's preprocessing; config-level crop_pct/interpolation overrides win."""
+        overrides = {k: self.hparams[k] for k in ("crop_pct", "interpolation") if self.hparams[k] is not None}
+        self.data_config = {**data_config, **overrides}
+        self.datasets = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_config is None:
+            module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+            if module is None or not hasattr(module, "data_config"):
+                raise RuntimeError("ImageFolderDataModule needs the backbone's data config: call set_data_config().")
+            self.set_data_config(module.data_config)
+        if self.datasets:
+            return
+        eval_transform = build_eval_transform(self.data_config)
+        train_transform = build_train_transform(self.data_config, self.hparams.train_augment)
+        self.datasets = {
+            "train": ImageFileDataset(self.splits["train"], train_transform),
+            "val": ImageFileDataset(self.splits["val"], eval_transform),
+            "test": ImageFileDataset(self.splits["test"], eval_transform),
+        }
+        for split, dataset in self.datasets.items():
+            if len(dataset) == 0:
+                raise ValueError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
+
+    # --- dataloaders -------------------------------------------------------------------------
+    def _devices(self) -> int:
+        return getattr(self.trainer, "num_devices", 1) if self.trainer is not None else 1
+
+    def _on_cuda(self) -> bool:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        if workers is None:
+            workers = default_num_workers(self._devices())
+        pin = self.hparams.pin_memory if self.hparams.pin_memory is not None else self._on_cuda()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

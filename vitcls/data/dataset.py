@@ -1,0 +1,31 @@
+"""A map-style dataset that decodes image files lazily (in DataLoader workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from vitcls.data.folder import Sample
+from vitcls.data.images import load_rgb
+
+
+class ImageFileDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        image = load_rgb(sample.path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, sample.label
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]

@@ -1,0 +1,184 @@
+"""Scanning an image folder into labelled samples, split by split.
+
+Accepted layouts (split folder names are matched case-insensitively):
+
+    root/train/<class>/*  root/test/<class>/*  [root/val/<class>/*]
+    root/<class>/*                       (train/val/test are carved out deterministically)
+
+Hidden files and folders are skipped silently; other files that are not images are counted as ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitcls.data.images import is_image_file
+
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+
+EXPECTED_LAYOUT = """expected one of these layouts:
+  ROOT/train/<class_name>/<image files>     ROOT/<class_name>/<image files>
+  ROOT/test/<class_name>/<image files>      (train/val/test are then split off
+  ROOT/val/<class_name>/<image files>        deterministically)
+  (val/ is optional: without it a stratified part of train is held out)
+image extensions: jpg jpeg png bmp webp gif tif tiff (any case)"""
+
+
+class DatasetLayoutError(ValueError):
+    """The folder given as data.root cannot be read as a labelled image folder."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class ClassFolders:
+    """Image files found under one split directory, grouped by class folder name."""
+
+    directory: Path
+    files: dict[str, list[str]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.files)
+
+    @property
+    def empty_classes(self) -> list[str]:
+        return sorted(name for name, files in self.files.items() if not files)
+
+
+@dataclass
+class FolderScan:
+    """What a scan of data.root found: the split folders present and the class folders in each."""
+
+    root: Path
+    splits: dict[str, ClassFolders]  # keys among "train", "val", "test"; "train" may be the root itself
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.splits["train"].class_names
+
+    @property
+    def num_ignored(self) -> int:
+        return sum(len(folders.ignored) for folders in self.splits.values())
+
+    def samples(self, split: str) -> list[Sample]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        folders = self.splits[split]
+        return [Sample(path, index[name]) for name in folders.class_names for path in folders.files[name]]
+
+    def summary(self) -> str:
+        parts = [f"{split}: {sum(len(f) for f in folders.files.values())} images"
+                 for split, folders in self.splits.items()]
+        return f"{len(self.class_names)} classes; " + ", ".join(parts) + f"; {self.num_ignored} files ignored"
+
+
+def _visible_entries(directory: Path) -> list[os.DirEntry]:
+    with os.scandir(directory) as entries:
+        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _image_files_under(directory: Path, ignored: list[str]) -> list[str]:
+    """All image files below a class folder (nested folders included), sorted for determinism."""
+    found = []
+    for current, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(current, name)
+            (found if is_image_file(name) else ignored).append(path)
+    return found
+
+
+def scan_class_folders(directory: Path) -> ClassFolders:
+    folders = ClassFolders(directory)
+    for entry in _visible_entries(directory):
+        if entry.is_dir():
+            folders.files[entry.name] = _image_files_under(Path(entry.path), folders.ignored)
+        else:
+            folders.ignored.append(entry.path)
+    return folders
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for entry in _visible_entries(root):
+        if not entry.is_dir():
+            continue
+        for split, aliases in SPLIT_ALIASES.items():
+            if entry.name.lower() in aliases:
+                if split in found:
+                    raise DatasetLayoutError(
+                        f"{root} has two folders for the {split} split: {found[split].name}/ and {entry.name}/; "
+                        "keep one."
+                    )
+                found[split] = Path(entry.path)
+    return found
+
+
+def _check_same_classes(scan: FolderScan) -> None:
+    train_classes = set(scan.class_names)
+    for split, folders in scan.splits.items():
+        if split == "train":
+            continue
+        classes = set(folders.class_names)
+        if classes != train_classes:
+            missing, extra = sorted(train_classes - classes), sorted(classes - train_classes)
+            raise DatasetLayoutError(
+                f"the {split} split ({folders.directory}) has different classes than train "
+                f"({scan.splits['train'].directory}): missing in {split}: {missing or 'none'}; "
+                f"extra in {split} (not in train): {extra or 'none'}. "
+                "Every split needs the same class folders."
+            )
+
+
+def scan_folder(root: str | Path) -> FolderScan:
+    """Scan data.root and validate that it is a labelled image folder; raises DatasetLayoutError."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetLayoutError(f"data.root does not exist: {root.resolve()}\n{EXPECTED_LAYOUT}")
+    if not root.is_dir():
+        raise DatasetLayoutError(f"data.root is not a directory: {root.resolve()}\n{EXPECTED_LAYOUT}")
+
+    split_dirs = _find_split_dirs(root)
+    if split_dirs and "train" not in split_dirs:
+        raise DatasetLayoutError(
+            f"{root} has {', '.join(p.name + '/' for p in split_dirs.values())} but no train/ folder.\n"
+            f"{EXPECTED_LAYOUT}"
+        )
+    if not split_dirs:
+        split_dirs = {"train": root}
+    scan = FolderScan(root, {split: scan_class_folders(path) for split, path in split_dirs.items()})
+
+    train = scan.splits["train"]
+    if not train.files or not any(train.files.values()):
+        raise DatasetLayoutError(f"no class folders with images found in {train.directory.resolve()}\n{EXPECTED_LAYOUT}")
+    for split, folders in scan.splits.items():
+        if folders.empty_classes:
+            raise DatasetLayoutError(
+                f"class folders without any image in the {split} split ({folders.directory}): "
+                f"{folders.empty_classes}. Add images or remove these folders."
+            )
+    if len(scan.class_names) < 2:
+        raise DatasetLayoutError(
+            f"found a single class folder ({scan.class_names[0]!r}) in {train.directory}: "
+            f"classification needs at least two.\n{EXPECTED_LAYOUT}"
+        )
+    _check_same_classes(scan)
+    return scan
+
+
+def class_counts(samples: list[Sample]) -> Counter:
+    return Counter(s.label for s in samples)

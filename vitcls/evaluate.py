@@ -1,0 +1,129 @@
+"""`run(cfg)`: score a checkpoint on the test split and write report, confusion matrix and gallery."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.data.folder import DatasetLayoutError
+from vitcls.data.images import load_rgb
+from vitcls.instantiate import to_plain
+from vitcls.models.module import load_classifier
+from vitcls.reports import (
+    GalleryItem,
+    per_class_report,
+    save_confusion_matrix,
+    save_prediction_gallery,
+    save_report,
+    write_json_atomic,
+)
+from vitcls.train import split_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_eval_datamodule(checkpoint: dict, overrides: dict[str, Any]) -> ImageFolderDataModule:
+    """The training run's data settings (from the checkpoint), with the non-null overrides applied."""
+    trained_with = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    kwargs = {**trained_with, **{k: v for k, v in overrides.items() if v is not None}}
+    if not kwargs.get("root"):
+        raise ValueError("the checkpoint does not record its data folder: pass data.root=PATH")
+    datamodule = ImageFolderDataModule(**kwargs)
+    datamodule.scan()
+    return datamodule
+
+
+def check_same_classes(model_classes: list[str], data_classes: list[str], data_root: str) -> None:
+    if model_classes != data_classes:
+        missing = sorted(set(model_classes) - set(data_classes))
+        extra = sorted(set(data_classes) - set(model_classes))
+        raise DatasetLayoutError(
+            f"the checkpoint was trained on other classes than {data_root} holds: "
+            f"classes of the model missing in the data: {missing or 'none'}; classes in the data unknown "
+            f"to the model: {extra or 'none'}"
+            + ("; same names in another order" if not missing and not extra else "")
+        )
+
+
+def write_predictions(path: Path, samples, probabilities: torch.Tensor, class_names: list[str]) -> Path:
+    scores, predicted = probabilities.max(dim=1)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true_label", "pred_label", "score", "correct"])
+        for sample, pred, score in zip(samples, predicted.tolist(), scores.tolist(), strict=True):
+            writer.writerow([sample.path, class_names[sample.label], class_names[pred], f"{score:.6f}",
+                             int(pred == sample.label)])
+    return path
+
+
+def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclassified_share: float,
+                 seed: int) -> list[int]:
+    """Random test images, with up to `misclassified_share` of them misclassified when any are."""
+    predicted = probabilities.argmax(dim=1).tolist()
+    wrong = [i for i, s in enumerate(samples) if predicted[i] != s.label]
+    right = [i for i, s in enumerate(samples) if predicted[i] == s.label]
+    rng = random.Random(seed)
+    n_wrong = min(len(wrong), round(num_images * misclassified_share))
+    chosen = rng.sample(wrong, n_wrong)
+    chosen += rng.sample(right, min(len(right), num_images - n_wrong))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    module, checkpoint = load_classifier(cfg.ckpt_path)
+    datamodule = build_eval_datamodule(checkpoint, to_plain(cfg.data))
+    check_same_classes(module.class_names, datamodule.class_names, str(datamodule.root))
+    datamodule.set_data_config(module.data_config)
+
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], _convert_="all")
+    results = trainer.test(module, datamodule=datamodule, verbose=True)[0]
+
+    class_names = module.class_names
+    confusion = module.last_confusion["test"]
+    metrics = split_metrics(results, "test")
+    probabilities = torch.cat(module.test_predictions)
+    # Shorter than the split only when trainer.limit_test_batches cuts the test loop.
+    samples = datamodule.datasets["test"].samples[: len(probabilities)]
+
+    files = {f"confusion_matrix_{k}": v for k, v in save_confusion_matrix(
+        confusion, class_names, output_dir, stem="test_confusion_matrix", title="test confusion matrix").items()}
+    files.update({f"report_{k}": v for k, v in save_report(metrics, confusion, class_names, output_dir).items()})
+    files["predictions_csv"] = write_predictions(output_dir / "predictions.csv", samples, probabilities, class_names)
+    gallery = pick_gallery(samples, probabilities, cfg.gallery.num_images, cfg.gallery.misclassified_share, cfg.seed)
+    files["gallery_png"] = save_prediction_gallery(
+        [
+            GalleryItem(load_rgb(samples[i].path), class_names[samples[i].label],
+                        class_names[int(probabilities[i].argmax())], float(probabilities[i].max()))
+            for i in gallery
+        ],
+        output_dir / "prediction_gallery.png",
+        columns=cfg.gallery.columns,
+        title="test predictions (red: misclassified)",
+    )
+    report = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "data_root": str(datamodule.root),
+        "class_names": class_names,
+        "num_samples": len(samples),
+        "test": metrics,
+        "per_class": per_class_report(confusion, class_names),
+        "paths": {name: str(path) for name, path in files.items()},
+    }
+    write_json_atomic(output_dir / "eval.json", report)
+    log.info("test metrics: %s", metrics)
+    log.info("eval directory: %s", output_dir)
+    return report

@@ -1,0 +1,152 @@
+"""The LightningModule: a timm backbone, a head from the registry, a loss, metrics per split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from vitcls.data.transforms import resolve_data_config
+from vitcls.metrics import classification_metrics, confusion_matrix_metric
+from vitcls.models.backbone import create_backbone
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageClassifier(L.LightningModule):
+    """Backbone features -> head -> logits.
+
+    All constructor arguments are plain dicts/lists (saved in every checkpoint as hyperparameters, so a
+    checkpoint alone rebuilds the model and knows its class names):
+      backbone:  kwargs of `create_backbone` plus `freeze` (train the head only)
+      head:      a Hydra node with `_target_` naming a `vitcls.models.heads.Head` subclass
+      optimizer: a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head)
+      scheduler: a Hydra node for `vitcls.models.optim.create_scheduler` (called with optimizer,
+                 total_steps), or None for a constant lr
+      loss:      a Hydra node with `_target_` (default: cross-entropy)
+    """
+
+    def __init__(
+        self,
+        backbone: dict[str, Any],
+        head: dict[str, Any],
+        class_names: list[str],
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.hparams.optimizer = optimizer or {"_target_": "vitcls.models.optim.create_optimizer"}
+        backbone_kwargs = dict(backbone)
+        self.freeze_backbone = bool(backbone_kwargs.pop("freeze", False))
+        self.class_names = list(class_names)
+        num_classes = len(self.class_names)
+
+        self.backbone = create_backbone(**backbone_kwargs)
+        self.head = hydra.utils.instantiate(head, in_features=self.backbone.num_features, num_classes=num_classes)
+        self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
+        if self.freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.data_config = resolve_data_config(self.backbone)
+
+        metrics = classification_metrics(num_classes)
+        # ModuleDict keys must not shadow nn.Module attributes ("train"), hence the suffix.
+        self.metrics = nn.ModuleDict({f"{split}_split": metrics.clone(prefix=f"{split}/") for split in SPLITS})
+        self.confusion = nn.ModuleDict({f"{split}_split": confusion_matrix_metric(num_classes) for split in ("val", "test")})
+        # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
+        self.last_confusion: dict[str, Tensor] = {}
+        self.test_predictions: list[Tensor] = []
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen: no dropout/drop-path noise in the features
+        return self
+
+    # --- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "lower optim.lr or check the data."
+            )
+        self.metrics["train_split"].update(logits.detach(), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(self.metrics["train_split"], on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True, prog_bar=True,
+                 batch_size=len(targets))
+        self.metrics[f"{split}_split"].update(logits, targets)
+        self.confusion[f"{split}_split"].update(logits, targets)
+        self.log_dict(self.metrics[f"{split}_split"], on_step=False, on_epoch=True)
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        logits = self._evaluation_step("test", batch)
+        self.test_predictions.append(logits.softmax(dim=-1).cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions = []
+
+    def _store_confusion(self, split: str) -> None:
+        # compute() syncs the summed counts across ranks; reset by hand, it is not logged.
+        self.last_confusion[split] = self.confusion[f"{split}_split"].compute().cpu()
+        self.confusion[f"{split}_split"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._store_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._store_confusion("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(images).softmax(dim=-1)
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer, _partial_=True)(self.backbone, self.head)
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = hydra.utils.instantiate(self.hparams.scheduler, _partial_=True)(optimizer, total_steps=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers are driven by the update count rather than .step()
+        scheduler.step_update(num_updates=self.global_step)
+
+
+def load_classifier(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ImageClassifier, dict]:
+    """Rebuild the classifier from a checkpoint alone (no hub access: pretrained weights are in it).
+
+    Returns the module (eval mode) and the raw checkpoint dict.
+    """
+    path = Path(checkpoint_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}
+    module = ImageClassifier(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), checkpoint

@@ -1,0 +1,244 @@
+"""Turning evaluation results into files a researcher reads: JSON, CSV, markdown and PNG figures.
+
+Figures are drawn on a bare `matplotlib.figure.Figure` (rendered by Agg on `savefig`), never through
+pyplot, so this module touches no global plotting state and is safe to call from worker threads.
+Every file is written atomically: to a temporary file in the target directory, then `os.replace`d.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+# Class names are user folder names: `$`, `_`, `^` must be drawn as typed, not as mathtext/LaTeX.
+_LITERAL_TEXT = {"parse_math": False, "usetex": False}
+_ANNOTATE_MAX_CLASSES = 30
+_TICK_LABEL_CHARS = 32
+_GALLERY_LABEL_CHARS = 24
+_GALLERY_THUMBNAIL = (384, 384)
+_DPI = 150
+_WRONG = "#d62728"
+_RIGHT = "#2ca02c"
+
+
+def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temp file next to `path`, then move it into place; no debris on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        tmp.chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)  # fails before anything is touched
+    return write_text_atomic(path, text + "\n")
+
+
+def _save_figure(fig: Figure, path: str | Path) -> Path:
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
+
+
+def _to_confusion_array(confusion: Any, class_names: Sequence[str]) -> np.ndarray:
+    if hasattr(confusion, "detach"):  # torch.Tensor, without importing torch here
+        confusion = confusion.detach().cpu().numpy()
+    array = np.asarray(confusion)
+    n = len(class_names)
+    if array.shape != (n, n):
+        raise ValueError(f"confusion matrix has shape {array.shape}, expected ({n}, {n}) for {n} class names")
+    return array.astype(np.int64)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ratio with 0.0 where the denominator is 0 (sklearn's zero_division=0)."""
+    out = np.zeros(numerator.shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def per_class_report(confusion: Any, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class, from `confusion[true, predicted]` counts."""
+    counts = _to_confusion_array(confusion, class_names)
+    true_positives = np.diag(counts)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    precision = _safe_divide(true_positives, predicted)
+    recall = _safe_divide(true_positives, support)
+    f1 = _safe_divide(2 * true_positives, support + predicted)
+    return [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    n = len(class_names)
+    annotate = n <= _ANNOTATE_MAX_CLASSES
+    cell_inches = 0.55 if annotate else 0.22
+    label_chars = min(max(len(name) for name in class_names), _TICK_LABEL_CHARS)
+    margin_inches = 1.5 + 0.07 * label_chars  # room for the tick labels and axis titles
+    side = max(n * cell_inches, 2.5) + margin_inches
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")  # +1 inch for the colour bar
+    ax = fig.add_subplot()
+
+    recall = _safe_divide(counts, counts.sum(axis=1, keepdims=True))
+    image = ax.imshow(recall, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="recall (row-normalised)")
+
+    labels = [_truncate(name, _TICK_LABEL_CHARS) for name in class_names]
+    tick_size = 9 if annotate else 7
+    ax.set_xticks(
+        range(n), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size, **_LITERAL_TEXT
+    )
+    ax.set_yticks(range(n), labels, fontsize=tick_size, **_LITERAL_TEXT)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, **_LITERAL_TEXT)
+    if annotate:
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if recall[i, j] > 0.5 else "black",
+            )
+    return fig
+
+
+def save_confusion_matrix(
+    confusion: Any,
+    class_names: list[str],
+    out_dir: str | Path,
+    stem: str = "confusion_matrix",
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write `{stem}.csv` (raw counts) and `{stem}.png` (heatmap coloured by recall, annotated with counts)."""
+    counts = _to_confusion_array(confusion, class_names)
+    out_dir = Path(out_dir)
+    rows = [["true\\pred", *class_names]] + [
+        [name, *row] for name, row in zip(class_names, counts.tolist(), strict=True)
+    ]
+    csv_path = write_text_atomic(out_dir / f"{stem}.csv", _csv_text(rows))
+    fig = _confusion_figure(counts, class_names, title or "Confusion matrix")
+    png_path = _save_figure(fig, out_dir / f"{stem}.png")
+    return {"csv": csv_path, "png": png_path}
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare pipe would split the table cell
+
+
+def save_report(
+    metrics: dict[str, float],
+    confusion: Any,
+    class_names: list[str],
+    out_dir: str | Path,
+    stem: str = "report",
+) -> dict[str, Path]:
+    """Write `{stem}.md` (overall metrics and per-class table) and `{stem}_per_class.csv`."""
+    per_class = per_class_report(confusion, class_names)
+    out_dir = Path(out_dir)
+    lines = ["# Evaluation report", "", "## Overall", "", "| metric | value |", "| --- | ---: |"]
+    lines += [f"| {_markdown_cell(key)} | {float(value):.4f} |" for key, value in metrics.items()]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | f1 | support |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {_markdown_cell(row['class'])} | {row['precision']:.4f} | {row['recall']:.4f} "
+        f"| {row['f1']:.4f} | {row['support']} |"
+        for row in per_class
+    ]
+    md_path = write_text_atomic(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
+    columns = ["class", "precision", "recall", "f1", "support"]
+    csv_rows = [columns] + [[row[key] for key in columns] for row in per_class]
+    csv_path = write_text_atomic(out_dir / f"{stem}_per_class.csv", _csv_text(csv_rows))
+    return {"md": md_path, "per_class_csv": csv_path}
+
+
+@dataclass
+class GalleryItem:
+    image: Image.Image  # RGB, any size
+    true_label: str
+    pred_label: str
+    score: float  # probability of the predicted class
+
+
+def save_prediction_gallery(
+    items: list[GalleryItem], path: str | Path, columns: int = 4, title: str | None = None
+) -> Path:
+    """Grid of predictions; misclassified images get a red title and a red frame."""
+    if not items:
+        raise ValueError("save_prediction_gallery needs at least one item")
+    columns = max(1, min(columns, len(items)))
+    rows = math.ceil(len(items) / columns)
+    fig = Figure(figsize=(2.6 * columns, 3.0 * rows + (0.4 if title else 0.0)), layout="constrained")
+    for index, item in enumerate(items):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        thumbnail = item.image.convert("RGB")  # a copy, so thumbnail() below leaves the caller's image alone
+        thumbnail.thumbnail(_GALLERY_THUMBNAIL)
+        ax.imshow(np.asarray(thumbnail))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        wrong = item.pred_label != item.true_label
+        pred = _truncate(item.pred_label, _GALLERY_LABEL_CHARS)
+        true = _truncate(item.true_label, _GALLERY_LABEL_CHARS)
+        ax.set_title(
+            f"pred: {pred} ({item.score:.2f})\ntrue: {true}",
+            fontsize=9,
+            color=_WRONG if wrong else _RIGHT,
+            **_LITERAL_TEXT,
+        )
+        for spine in ax.spines.values():
+            spine.set_visible(wrong)
+            spine.set_color("red")
+            spine.set_linewidth(4)
+    if title:
+        fig.suptitle(title, **_LITERAL_TEXT)
+    return _save_figure(fig, path)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
-from vitcls.models.backbone import create_backbone
 from vitcls.data.transforms import resolve_data_config
+from vitcls.models.backbone import create_backbone
 
 
 @pytest.fixture(scope="module")

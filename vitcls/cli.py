@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from vitcls.errors import VitclsError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger("vitcls")
+
+
+def user_errors_without_traceback(main):
+    """Print errors the user can fix (bad folder, bad setting) as one message and exit with code 2."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig):
+        try:
+            return main(cfg)
+        except VitclsError as error:
+            log.error("%s", error)
+            sys.exit(2)
+        except MissingMandatoryValue as error:
+            key = error.full_key
+            hint = " (the image folder to train on; or try experiment=demo)" if key == "data.root" else ""
+            log.error("missing setting %s%s: pass %s=VALUE on the command line", key, hint, key)
+            sys.exit(2)
+
+    return wrapper
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@user_errors_without_traceback
 def train(cfg: DictConfig) -> float | None:
     from vitcls.train import run
 
@@ -20,6 +47,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@user_errors_without_traceback
 def evaluate(cfg: DictConfig) -> float | None:
     from vitcls.evaluate import run
 

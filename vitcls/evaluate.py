@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import DatasetLayoutError
 from vitcls.data.images import load_rgb
+from vitcls.errors import ConfigError
 from vitcls.instantiate import to_plain
 from vitcls.models.module import load_classifier
 from vitcls.reports import (
@@ -36,7 +37,7 @@ def build_eval_datamodule(checkpoint: dict, overrides: dict[str, Any]) -> ImageF
     trained_with = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     kwargs = {**trained_with, **{k: v for k, v in overrides.items() if v is not None}}
     if not kwargs.get("root"):
-        raise ValueError("the checkpoint does not record its data folder: pass data.root=PATH")
+        raise ConfigError("the checkpoint does not record its data folder: pass data.root=PATH")
     datamodule = ImageFolderDataModule(**kwargs)
     datamodule.scan()
     return datamodule
@@ -82,7 +83,7 @@ def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclass
 def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     module, checkpoint = load_classifier(cfg.ckpt_path)
     datamodule = build_eval_datamodule(checkpoint, to_plain(cfg.data))

@@ -15,6 +15,7 @@ from vitcls.data.dataset import ImageFileDataset
 from vitcls.data.folder import FolderScan, Sample, scan_folder
 from vitcls.data.split import stratified_split
 from vitcls.data.transforms import build_eval_transform, build_train_transform
+from vitcls.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         }
         for split, dataset in self.datasets.items():
             if len(dataset) == 0:
-                raise ValueError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
+                raise ConfigError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
 
     # --- dataloaders -------------------------------------------------------------------------
     def _devices(self) -> int:

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vitcls.errors import ConfigError
+
 MARKER_NAME = ".vitcls-demo.json"
 GENERATOR_NAME = "vitcls.data.demo.SyntheticFruitShapes"
 # Bump when the drawing code changes so that stale cached folders are not mistaken for current ones.
@@ -317,7 +319,7 @@ def _render(class_name: str, image_size: int, rng: np.random.Generator) -> Image
 
 def _positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -386,13 +388,13 @@ class SyntheticFruitShapes:
     def _is_current(self, root: Path) -> bool:
         return self._read_marker(root) == self._marker()
 
-    def _refuse(self, root: Path) -> ValueError:
+    def _refuse(self, root: Path) -> ConfigError:
         marker = self._read_marker(root)
         if marker is None:
             what = "exists and is not empty, but holds no vitcls demo data (no " + MARKER_NAME + " marker)"
         else:
             what = f"holds vitcls demo data generated with different settings ({marker.get('arguments')})"
-        return ValueError(
+        return ConfigError(
             f"Demo data folder {str(root)!r} {what}; expected {self!r}. "
             "Delete that folder or choose another data.root (it is never deleted automatically)."
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitcls.data.images import is_image_file
+from vitcls.errors import VitclsError
 
 SPLIT_ALIASES = {
     "train": ("train", "training"),
@@ -31,7 +32,7 @@ EXPECTED_LAYOUT = """expected one of these layouts:
 image extensions: jpg jpeg png bmp webp gif tif tiff (any case)"""
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(VitclsError, ValueError):
     """The folder given as data.root cannot be read as a labelled image folder."""
 
 

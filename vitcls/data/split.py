@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 
 from vitcls.data.folder import Sample
+from vitcls.errors import ConfigError
 
 
 def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -19,7 +20,7 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     is both learned and measured.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"split fraction must be between 0 and 1 (exclusive), got {fraction}")
+        raise ConfigError(f"data.val_fraction/test_fraction must be between 0 and 1 (exclusive), got {fraction}")
     by_class: dict[int, list[int]] = defaultdict(list)
     for position, sample in enumerate(samples):
         by_class[sample.label].append(position)

@@ -10,10 +10,12 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
+from vitcls.errors import ConfigError, VitclsError
+
 POOLING = {"token": "token", "cls": "token", "avg": "avg"}
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(VitclsError, RuntimeError):
     pass
 
 
@@ -61,9 +63,9 @@ def create_backbone(
       `fc_norm=False` keeps the final norm where the pretrained weights expect it.
     """
     if pool not in POOLING:
-        raise ValueError(f"model.pool must be one of {sorted(POOLING)}, got {pool!r}")
+        raise ConfigError(f"model.pool must be one of {sorted(POOLING)}, got {pool!r}")
     if not timm.is_model(name.split(".")[0]):
-        raise ValueError(
+        raise ConfigError(
             f"model.name={name!r} is not a timm model. List candidates with "
             f"`python -c \"import timm; print(timm.list_models('vit_*'))\"`."
         )
@@ -76,7 +78,7 @@ def create_backbone(
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model.weights file not found: {path.resolve()}")
+            raise ConfigError(f"model.weights file not found: {path.resolve()}")
         overlay = dict(file=str(path.resolve()), num_classes=-1)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
 

@@ -11,6 +11,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from vitcls.errors import ConfigError
+
 HEADS: dict[str, type[Head]] = {}
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -28,7 +30,7 @@ class Head(nn.Module):
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         if in_features <= 0 or num_classes <= 0:
-            raise ValueError(f"head needs positive in_features and num_classes, got {in_features}, {num_classes}")
+            raise ConfigError(f"head needs positive in_features and num_classes, got {in_features}, {num_classes}")
         self.in_features = in_features
         self.num_classes = num_classes
 
@@ -37,7 +39,7 @@ def _choice(table: dict, key: str | None, setting: str):
     if key is None:
         return None
     if key not in table:
-        raise ValueError(f"{setting}={key!r} is not supported; choose one of {sorted(table)}")
+        raise ConfigError(f"{setting}={key!r} is not supported; choose one of {sorted(table)}")
     return table[key]
 
 
@@ -73,7 +75,7 @@ class MLPHead(Head):
         act_layer = _choice(ACTIVATIONS, activation, "head.activation")
         norm_layer = _choice(NORMS, norm, "head.norm")
         if any(int(d) <= 0 for d in hidden_dims):
-            raise ValueError(f"head.hidden_dims must be positive integers, got {list(hidden_dims)}")
+            raise ConfigError(f"head.hidden_dims must be positive integers, got {list(hidden_dims)}")
         layers: list[nn.Module] = []
         width = in_features
         for hidden in hidden_dims:

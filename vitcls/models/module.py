@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vitcls.data.transforms import resolve_data_config
+from vitcls.errors import ConfigError
 from vitcls.metrics import classification_metrics, confusion_matrix_metric
 from vitcls.models.backbone import create_backbone
 
@@ -143,7 +144,7 @@ def load_classifier(checkpoint_path: str | Path, map_location: str | torch.devic
     """
     path = Path(checkpoint_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
+        raise ConfigError(f"ckpt_path: checkpoint not found: {path.resolve()}")
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}

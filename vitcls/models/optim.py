@@ -16,6 +16,8 @@ from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from torch import nn
 from torch.optim import Optimizer
 
+from vitcls.errors import ConfigError
+
 
 def create_optimizer(
     backbone: nn.Module,
@@ -28,7 +30,7 @@ def create_optimizer(
 ) -> Optimizer:
     """`head_lr=None` gives the head the backbone's lr. Extra kwargs (betas, eps, momentum...) go to timm."""
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
-        raise ValueError(f"optim.lr and optim.head_lr must be positive, got {lr} and {head_lr}")
+        raise ConfigError(f"optim.lr and optim.head_lr must be positive, got {lr} and {head_lr}")
     skip = getattr(backbone, "no_weight_decay", lambda: set())()
     groups = []
     for module, group_lr, role in ((backbone, lr, "backbone"), (head, head_lr or lr, "head")):
@@ -36,7 +38,7 @@ def create_optimizer(
             if group["params"]:
                 groups.append({**group, "lr": group_lr, "name": f"{role}{'_no_decay' if group['weight_decay'] == 0 else ''}"})
     if not groups:
-        raise ValueError("no trainable parameters: the backbone is frozen and the head has none")
+        raise ConfigError("no trainable parameters: the backbone is frozen and the head has none")
     if "betas" in opt_kwargs:
         opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
     return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=weight_decay, **opt_kwargs)
@@ -58,7 +60,7 @@ def create_scheduler(
     linear warmup of `warmup_steps` when given, else `warmup_fraction` of the total.
     """
     if decay not in SCHEDULERS:
-        raise ValueError(f"sched.decay must be one of {sorted(SCHEDULERS)}, got {decay!r}")
+        raise ConfigError(f"sched.decay must be one of {sorted(SCHEDULERS)}, got {decay!r}")
     if warmup_steps is None:
         warmup_steps = math.floor(total_steps * warmup_fraction)
     warmup_steps = min(max(0, warmup_steps), max(0, total_steps - 1))

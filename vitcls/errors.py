@@ -1,0 +1,9 @@
+"""Errors a user can fix. The entry points print them as one clear message, without a traceback."""
+
+
+class VitclsError(Exception):
+    """Base class: the message names the file or setting at fault and what to do."""
+
+
+class ConfigError(VitclsError, ValueError):
+    """A setting has a value that cannot work."""

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from vitcls.data.transforms import resolve_data_config
+from vitcls.errors import ConfigError
 from vitcls.models import backbone as backbone_module
 from vitcls.models.backbone import PretrainedWeightsUnavailable, create_backbone
 from vitcls.models.module import ImageClassifier
@@ -49,7 +50,7 @@ def test_local_weights_resize_position_embedding_for_another_image_size(tmp_path
 
 
 def test_missing_weights_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.weights file not found"):
+    with pytest.raises(ConfigError, match="model.weights file not found"):
         create_backbone(NAME, weights=str(tmp_path / "missing.safetensors"))
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config
+from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, make_image_folder
 from sklearn import metrics as skm
 
 from vitcls.metrics import METRIC_NAMES
@@ -131,3 +131,29 @@ def test_cli_reports_a_missing_folder_before_building_a_model(tmp_path):
     assert str(tmp_path / "missing") in output and "ROOT/train/<class_name>" in output
     assert "Traceback" not in output
     assert "Total params" not in output  # no model was built
+
+
+def test_eval_refuses_data_with_other_classes(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 4, "b": 4})
+    summary = train_in_process(tmp_path / "run", f"data.root={root}", "trainer.max_epochs=1")
+    other = tmp_path / "other"
+    make_image_folder(other, {"a": 2, "c": 2}, "train")
+    make_image_folder(other, {"a": 2, "c": 2}, "test")
+    result = run_cli("eval.py", f"ckpt_path={summary['best_ckpt']}", f"data.root={other}",
+                     f"hydra.run.dir={tmp_path / 'eval'}", expect_success=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "missing in the data: ['b']" in output and "unknown to the model: ['c']" in output
+    assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_multirun_gives_each_job_its_own_run_directory(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 4, "b": 4})
+    sweep_dir = tmp_path / "sweep"
+    run_cli("train.py", "-m", f"data.root={root}", "head=linear,mlp", "debug=limit", *FAST_OVERRIDES,
+            f"hydra.sweep.dir={sweep_dir}")
+    summaries = {job: json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")}
+    assert {s["paths"]["run_dir"] for s in summaries.values()} == {str(sweep_dir / "0"), str(sweep_dir / "1")}
+    heads = [torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
+             for s in summaries.values()]
+    assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import random
 from pathlib import Path
@@ -26,6 +27,7 @@ from vitcls.reports import (
     save_prediction_gallery,
     save_report,
     write_json_atomic,
+    write_text_atomic,
 )
 from vitcls.train import split_metrics
 
@@ -57,13 +59,13 @@ def check_same_classes(model_classes: list[str], data_classes: list[str], data_r
 
 def write_predictions(path: Path, samples, probabilities: torch.Tensor, class_names: list[str]) -> Path:
     scores, predicted = probabilities.max(dim=1)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "true_label", "pred_label", "score", "correct"])
-        for sample, pred, score in zip(samples, predicted.tolist(), scores.tolist(), strict=True):
-            writer.writerow([sample.path, class_names[sample.label], class_names[pred], f"{score:.6f}",
-                             int(pred == sample.label)])
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "true_label", "pred_label", "score", "correct"])
+    for sample, pred, score in zip(samples, predicted.tolist(), scores.tolist(), strict=True):
+        writer.writerow([sample.path, class_names[sample.label], class_names[pred], f"{score:.6f}",
+                         int(pred == sample.label)])
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclassified_share: float,

@@ -55,7 +55,7 @@ def best_checkpoint(trainer: L.Trainer) -> tuple[str | None, int | None, float |
     callback = trainer.checkpoint_callback
     if not isinstance(callback, ModelCheckpoint) or not callback.best_model_path:
         return None, None, None
-    checkpoint = torch.load(callback.best_model_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = torch.load(callback.best_model_path, map_location="cpu", weights_only=True, mmap=True)
     score = callback.best_model_score
     return callback.best_model_path, int(checkpoint["epoch"]), None if score is None else float(score)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -17,11 +18,28 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("vitcls")
 
 
+class _DropAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in str(record.msg)
+
+
+def route_lightning_logs_through_hydra() -> None:
+    """Lightning adds its own console handler; under Hydra that prints every line twice."""
+    import lightning  # noqa: F401  (creates the handler we remove)
+
+    logging.getLogger("lightning").handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
+    # The run directory is also the CSV logger's directory: it is expected to hold the config already.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def user_errors_without_traceback(main):
     """Print errors the user can fix (bad folder, bad setting) as one message and exit with code 2."""
 
     @functools.wraps(main)
     def wrapper(cfg: DictConfig):
+        route_lightning_logs_through_hydra()
         try:
             return main(cfg)
         except VitclsError as error:

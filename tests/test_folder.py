@@ -98,3 +98,9 @@ def test_splits_without_train_is_an_error(tmp_path):
 def test_scan_order_is_deterministic(tmp_path):
     make_image_folder(tmp_path, {"b": 5, "a": 5}, "train")
     assert scan_folder(tmp_path).samples("train") == scan_folder(tmp_path).samples("train")
+
+
+def test_a_root_one_level_too_high_gets_a_hint(tmp_path):
+    make_image_folder(tmp_path / "fruits", {"a": 2, "b": 2}, "train")
+    with pytest.raises(DatasetLayoutError, match=f"Did you mean data.root={tmp_path / 'fruits'}"):
+        scan_folder(tmp_path)

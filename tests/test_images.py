@@ -64,3 +64,21 @@ def test_formats(tmp_path, ext):
     path = tmp_path / f"x.{ext}"
     Image.new("RGB", (9, 7), (200, 10, 10)).save(path)
     assert rgb_of(path).shape == (7, 9, 3)
+
+
+def test_unreadable_file_error_names_the_file(tmp_path):
+    from vitcls.data.dataset import ImageDecodeError, ImageFileDataset
+    from vitcls.data.folder import Sample
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (4, 4)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"definitely not a png")
+    dataset = ImageFileDataset([Sample(str(p), 0) for p in (good, truncated, garbage)])
+    assert dataset[0][0].size == (4, 4)
+    for index, path in ((1, truncated), (2, garbage)):
+        with pytest.raises(ImageDecodeError, match=str(path)):
+            dataset[index]

@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vitcls.data.folder import Sample
 from vitcls.data.images import load_rgb
+from vitcls.errors import VitclsError
+
+
+class ImageDecodeError(VitclsError):
+    """An image file could not be read; the message names it."""
 
 
 class ImageFileDataset(Dataset):
@@ -21,7 +27,12 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        image = load_rgb(sample.path)
+        try:
+            image = load_rgb(sample.path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise ImageDecodeError(
+                f"cannot read image {sample.path}: {error}. Fix or remove this file and run again."
+            ) from error
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label

@@ -173,9 +173,11 @@ def scan_folder(root: str | Path) -> FolderScan:
                 f"{folders.empty_classes}. Add images or remove these folders."
             )
     if len(scan.class_names) < 2:
+        only = train.directory / scan.class_names[0]
+        hint = f" Did you mean data.root={only}?" if _find_split_dirs(only) else ""
         raise DatasetLayoutError(
             f"found a single class folder ({scan.class_names[0]!r}) in {train.directory}: "
-            f"classification needs at least two.\n{EXPECTED_LAYOUT}"
+            f"classification needs at least two.{hint}\n{EXPECTED_LAYOUT}"
         )
     _check_same_classes(scan)
     return scan

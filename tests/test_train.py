@@ -157,3 +157,28 @@ def test_multirun_gives_each_job_its_own_run_directory(image_folder_factory, tmp
     heads = [torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
              for s in summaries.values()]
     assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_tutorial_recipe_runs_offline_from_a_local_weights_file(fruits_root, tmp_path):
+    """The tutorial experiment as is (ViT-B/16 at 224 px), with the hub replaced by a weights file."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "vit_base_in21k.safetensors"
+    torch.manual_seed(1)
+    source = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=False)
+    save_file(source.state_dict(), weights)
+    summary = run(compose_config("train", [
+        f"paths.output_dir={tmp_path / 'run'}", "experiment=tutorial", f"data.root={fruits_root}",
+        f"model.weights={weights}", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+    ]))
+    checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["backbone"]["name"] == "vit_base_patch16_224.augreg_in21k"
+    assert checkpoint["datamodule_hyper_parameters"]["crop_pct"] == 1.0
+    assert checkpoint["state_dict"]["backbone.pos_embed"].shape == (1, 197, 768)
+    assert checkpoint["state_dict"]["head.fc.weight"].shape == (10, 768)
+    assert summary["global_steps"] == 2

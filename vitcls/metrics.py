@@ -43,7 +43,9 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "recall_macro": MulticlassRecall(**kwargs("macro")),
             "recall_weighted": MulticlassRecall(**kwargs("weighted")),
         },
-        compute_groups=True,
+        # Each metric keeps its own state, so the metrics can be logged one by one (Lightning then
+        # computes and resets each at epoch end); shared compute-group state would go stale.
+        compute_groups=False,
     )
 
 

@@ -16,6 +16,7 @@ from vitcls.metrics import classification_metrics, confusion_matrix_metric
 from vitcls.models.backbone import create_backbone
 
 SPLITS = ("train", "val", "test")
+PROGRESS_BAR_METRICS = ("val/acc", "val/f1_macro")
 
 
 class ImageClassifier(L.LightningModule):
@@ -83,20 +84,25 @@ class ImageClassifier(L.LightningModule):
                 f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 "lower optim.lr or check the data."
             )
-        self.metrics["train_split"].update(logits.detach(), targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
-        self.log_dict(self.metrics["train_split"], on_step=False, on_epoch=True)
+        self._update_and_log_metrics("train", logits.detach(), targets)
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         images, targets = batch
         logits = self(images)
-        self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True, prog_bar=True,
+        self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True,
                  batch_size=len(targets))
-        self.metrics[f"{split}_split"].update(logits, targets)
+        self._update_and_log_metrics(split, logits, targets)
         self.confusion[f"{split}_split"].update(logits, targets)
-        self.log_dict(self.metrics[f"{split}_split"], on_step=False, on_epoch=True)
         return logits
+
+    def _update_and_log_metrics(self, split: str, logits: Tensor, targets: Tensor) -> None:
+        """Log the Metric objects themselves: Lightning computes (synced) and resets them per epoch."""
+        collection = self.metrics[f"{split}_split"]
+        collection.update(logits, targets)
+        for name, metric in collection.items():
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name in PROGRESS_BAR_METRICS)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluation_step("val", batch)

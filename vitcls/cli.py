@@ -29,8 +29,6 @@ def route_lightning_logs_through_hydra() -> None:
 
     logging.getLogger("lightning").handlers.clear()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
-    # The run directory is also the CSV logger's directory: it is expected to hold the config already.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def best_checkpoint(trainer: L.Trainer) -> tuple[str | None, int | None, float |
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, test and report. Returns the summary (also written to `<output_dir>/summary.json`)."""
     started = time.time()
+    # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -18,7 +18,7 @@ from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
-from vitcls.reports import save_confusion_matrix, write_json_atomic
+from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _convert_="all",
     )
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best_path, best_epoch, best_score = best_checkpoint(trainer)

@@ -80,3 +80,17 @@ def test_crop_pct_override_changes_the_resize(image_folder_factory, data_config)
 def test_default_workers_scale_with_devices():
     assert 1 <= default_num_workers(1) <= 8
     assert default_num_workers(64) == 1
+
+
+def test_training_never_sees_a_batch_of_one(image_folder_factory, data_config):
+    root = image_folder_factory({"a": 6, "b": 5}, splits=("train",))  # 9 train images after val/test split
+    dm = ImageFolderDataModule(root, batch_size=4, num_workers=0, val_fraction=0.2, test_fraction=0.2)
+    dm.set_data_config(data_config)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 7
+    assert [len(labels) for _, labels in dm.train_dataloader()] == [4]
+    assert sum(len(labels) for _, labels in dm.val_dataloader()) == len(dm.datasets["val"])
+    small = ImageFolderDataModule(root, batch_size=32, num_workers=0)
+    small.set_data_config(data_config)
+    small.setup("fit")
+    assert [len(labels) for _, labels in small.train_dataloader()] == [7]

@@ -57,6 +57,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         interpolation: str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        drop_last: bool = True,
         source: FolderSource | None = None,
     ):
         super().__init__()
@@ -139,7 +140,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
         if workers is None:
             workers = default_num_workers(self._devices())
@@ -151,10 +152,15 @@ class ImageFolderDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        # Dropping the ragged last batch (a different one each epoch, as the order is shuffled) avoids
+        # a batch of one, which BatchNorm in a head cannot train on; tiny training sets keep it.
+        batch_size = self.hparams.batch_size
+        drop_last = self.hparams.drop_last and len(self.datasets["train"]) >= batch_size
+        return self._loader("train", batch_size, shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

@@ -36,7 +36,3 @@ class ImageFileDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label
-
-    @property
-    def targets(self) -> list[int]:
-        return [s.label for s in self.samples]

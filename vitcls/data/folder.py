@@ -11,7 +11,6 @@ Hidden files and folders are skipped silently; other files that are not images a
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +180,3 @@ def scan_folder(root: str | Path) -> FolderScan:
         )
     _check_same_classes(scan)
     return scan
-
-
-def class_counts(samples: list[Sample]) -> Counter:
-    return Counter(s.label for s in samples)

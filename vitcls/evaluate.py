@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from vitcls.data.datamodule import ImageFolderDataModule
-from vitcls.data.folder import DatasetLayoutError
+from vitcls.data.folder import DatasetLayoutError, class_differences
 from vitcls.data.images import load_rgb
 from vitcls.errors import ConfigError
 from vitcls.instantiate import to_plain
@@ -47,8 +47,7 @@ def build_eval_datamodule(checkpoint: dict, overrides: dict[str, Any]) -> ImageF
 
 def check_same_classes(model_classes: list[str], data_classes: list[str], data_root: str) -> None:
     if model_classes != data_classes:
-        missing = sorted(set(model_classes) - set(data_classes))
-        extra = sorted(set(data_classes) - set(model_classes))
+        missing, extra = class_differences(model_classes, data_classes)
         raise DatasetLayoutError(
             f"the checkpoint was trained on other classes than {data_root} holds: "
             f"classes of the model missing in the data: {missing or 'none'}; classes in the data unknown "

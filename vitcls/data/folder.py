@@ -128,14 +128,15 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+def class_differences(expected: list[str], found: list[str]) -> tuple[list[str], list[str]]:
+    """(classes of `expected` missing from `found`, classes of `found` not in `expected`), sorted."""
+    return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+
+
 def _check_same_classes(scan: FolderScan) -> None:
-    train_classes = set(scan.class_names)
     for split, folders in scan.splits.items():
-        if split == "train":
-            continue
-        classes = set(folders.class_names)
-        if classes != train_classes:
-            missing, extra = sorted(train_classes - classes), sorted(classes - train_classes)
+        missing, extra = class_differences(scan.class_names, folders.class_names)
+        if missing or extra:
             raise DatasetLayoutError(
                 f"the {split} split ({folders.directory}) has different classes than train "
                 f"({scan.splits['train'].directory}): missing in {split}: {missing or 'none'}; "

@@ -82,6 +82,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    params = module.parameter_counts
+    for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
+        logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best_path, best_epoch, best_score = best_checkpoint(trainer)
@@ -94,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_val_score": best_score,
         "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
         "test": split_metrics(test_results, "test"),
+        "params": params,
         "num_samples": {split: len(samples) for split, samples in datamodule.splits.items()},
         "ignored_files": datamodule.scan().num_ignored,
         "epochs_trained": trainer.current_epoch,

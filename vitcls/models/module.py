@@ -14,18 +14,21 @@ from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.metrics import classification_metrics, confusion_matrix_metric
 from vitcls.models.backbone import create_backbone
+from vitcls.models.features import FeatureTap
+from vitcls.models.trainable import apply_trainability, count_parameters
 
 SPLITS = ("train", "val", "test")
 PROGRESS_BAR_METRICS = ("val/acc", "val/f1_macro")
 
 
 class ImageClassifier(L.LightningModule):
-    """Backbone features -> head -> logits.
+    """Backbone -> feature tap (`head.features`) -> head -> logits.
 
     All constructor arguments are plain dicts/lists (saved in every checkpoint as hyperparameters, so a
     checkpoint alone rebuilds the model and knows its class names):
-      backbone:  kwargs of `create_backbone` plus `freeze` (train the head only)
-      head:      a Hydra node with `_target_` naming a `vitcls.models.heads.Head` subclass
+      backbone:  kwargs of `create_backbone` plus `train_blocks` and `bitfit` (vitcls.models.trainable)
+      head:      a Hydra node with `_target_` naming a `vitcls.models.heads.Head` subclass, plus
+                 `features` and `last_k` (vitcls.models.features)
       optimizer: a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head)
       scheduler: a Hydra node for `vitcls.models.optim.create_scheduler` (called with optimizer,
                  total_steps), or None for a constant lr
@@ -44,16 +47,21 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.hparams.optimizer = optimizer or {"_target_": "vitcls.models.optim.create_optimizer"}
-        backbone_kwargs = dict(backbone)
-        self.freeze_backbone = bool(backbone_kwargs.pop("freeze", False))
+        backbone_kwargs, head_kwargs = dict(backbone), dict(head)
+        train_blocks = backbone_kwargs.pop("train_blocks", "all")
+        bitfit = bool(backbone_kwargs.pop("bitfit", False))
+        for old, new in (("freeze", "model.train_blocks=none"), ("pool", "head.features=cls or mean")):
+            if old in backbone_kwargs:
+                raise ConfigError(f"model.{old} was replaced: use {new}")
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
 
         self.backbone = create_backbone(**backbone_kwargs)
-        self.head = hydra.utils.instantiate(head, in_features=self.backbone.num_features, num_classes=num_classes)
+        self.tap = FeatureTap(self.backbone, head_kwargs.pop("features", "cls"), head_kwargs.pop("last_k", 4))
+        self.head = hydra.utils.instantiate(head_kwargs, in_features=self.tap.out_features, num_classes=num_classes)
+        self.tap.check_head(self.head)
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
-        if self.freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self.frozen_backbone_parts = apply_trainability(self.backbone, train_blocks, bitfit)
         self.data_config = resolve_data_config(self.backbone)
 
         metrics = classification_metrics(num_classes)
@@ -65,13 +73,25 @@ class ImageClassifier(L.LightningModule):
         self.test_predictions: list[Tensor] = []
 
     # --- forward -----------------------------------------------------------------------------
+    def features(self, images: Tensor) -> Tensor:
+        """What the head consumes. A fully frozen backbone runs without autograd; with some blocks
+        frozen, autograd records nothing before the first trainable parameter anyway."""
+        backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
+            return self.tap(self.backbone, images)
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.features(images))
+
+    @property
+    def parameter_counts(self) -> dict[str, int]:
+        """{"total", "trainable"} over backbone and head."""
+        return count_parameters(self)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()  # frozen: no dropout/drop-path noise in the features
+        for part in self.frozen_backbone_parts:
+            part.eval()  # frozen: no dropout/drop-path noise in the features
         return self
 
     # --- steps -------------------------------------------------------------------------------

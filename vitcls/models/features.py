@@ -1,0 +1,75 @@
+"""Feature taps: what the head sees of a timm ViT (`head.features`).
+
+Every tap reads timm's own forward (`forward_features`, or `forward_intermediates` for `last_k`), so the
+backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
+Prefix tokens (CLS and register tokens, `num_prefix_tokens`) are not patches: `mean` averages the
+patch tokens only.
+
+  cls       CLS token                                   (B, D)
+  mean      mean of the patch tokens                    (B, D)
+  cls+mean  both, concatenated                          (B, 2D)
+  last_k    CLS tokens of the last k blocks, each through the final norm, concatenated (DINO's linear
+            evaluation)                                 (B, kD)
+  tokens    every token (prefix and patches)            (B, N, D), for heads that pool themselves
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import global_pool_nlc
+from torch import Tensor, nn
+
+from vitcls.errors import ConfigError
+
+# The pooled taps, as timm's `global_pool_nlc` pool types.
+POOLS = {"cls": ("token",), "mean": ("avg",), "cls+mean": ("token", "avg")}
+FEATURE_TAPS = (*POOLS, "last_k", "tokens")
+
+
+class FeatureTap:
+    """Images -> the features `head.features` names, computed by a timm ViT. Holds no parameters."""
+
+    def __init__(self, backbone: nn.Module, features: str = "cls", last_k: int = 4):
+        if features not in FEATURE_TAPS:
+            raise ConfigError(f"head.features={features!r} is not supported; choose one of {list(FEATURE_TAPS)}")
+        if features in ("cls", "cls+mean", "last_k") and getattr(backbone, "cls_token", None) is None:
+            raise ConfigError(
+                f"head.features={features!r} needs a CLS token, but this backbone has none "
+                "(e.g. the *_gap_* timm models); use head.features=mean or tokens."
+            )
+        depth = len(backbone.blocks)
+        if features == "last_k" and not 1 <= int(last_k) <= depth:
+            raise ConfigError(f"head.last_k must be between 1 and the backbone depth {depth}, got {last_k}")
+        self.features = features
+        self.last_k = int(last_k)
+        self.num_prefix_tokens = backbone.num_prefix_tokens
+        width = backbone.num_features
+        self.out_features = {"cls+mean": 2 * width, "last_k": self.last_k * width}.get(features, width)
+
+    @property
+    def yields_tokens(self) -> bool:
+        return self.features == "tokens"
+
+    def check_head(self, head: nn.Module) -> None:
+        """Heads that pool themselves need `tokens`; the others need a pooled tap."""
+        takes_tokens = getattr(head, "takes_tokens", False)
+        if takes_tokens and not self.yields_tokens:
+            raise ConfigError(f"head {type(head).__name__} pools tokens itself: set head.features=tokens "
+                              f"(got {self.features!r})")
+        if self.yields_tokens and not takes_tokens:
+            raise ConfigError(f"head {type(head).__name__} needs a pooled vector, but head.features=tokens gives "
+                              f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)")
+
+    def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        if self.features == "last_k":
+            intermediates = backbone.forward_intermediates(
+                images, indices=self.last_k, norm=True, output_fmt="NLC", intermediates_only=True,
+                return_prefix_tokens=True,
+            )
+            return torch.cat([prefix[:, 0] for _, prefix in intermediates], dim=-1)
+        tokens = backbone.forward_features(images)
+        if self.features == "tokens":
+            return tokens
+        pooled = [global_pool_nlc(tokens, pool_type=pool, num_prefix_tokens=self.num_prefix_tokens)
+                  for pool in POOLS[self.features]]
+        return torch.cat(pooled, dim=-1)

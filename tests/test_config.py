@@ -22,7 +22,7 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
 def test_tutorial_recipe_values():
     cfg = compose_config("train", ["experiment=tutorial", "paths.output_dir=/tmp/x"])
     assert cfg.model.name == "vit_base_patch16_224.augreg_in21k" and cfg.model.pretrained
-    assert cfg.model.img_size == 224 and cfg.model.pool == "token"
+    assert cfg.model.img_size == 224 and cfg.head.features == "cls"
     assert cfg.head._target_ == "vitcls.models.heads.LinearHead"
     assert (cfg.optim.opt, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 2e-4, 0.01)
     assert cfg.data.batch_size == 16 and cfg.data.val_fraction == 0.2

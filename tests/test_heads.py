@@ -10,12 +10,16 @@ HEAD_YAMLS = sorted(p.stem for p in (CONF_DIR / "head").glob("*.yaml"))
 
 
 def test_every_head_yaml_is_registered_and_builds():
-    assert {"linear", "mlp"} <= set(HEAD_YAMLS)
+    assert {"linear", "mlp", "attention_pool", "cosine", "norm_linear"} <= set(HEAD_YAMLS)
     for name in HEAD_YAMLS:
         config = OmegaConf.load(CONF_DIR / "head" / f"{name}.yaml")
+        features = config.pop("features")  # consumed by the classifier's feature tap
+        config.pop("last_k")
         head = hydra.utils.instantiate(config, in_features=24, num_classes=5)
         assert HEADS[name] is type(head)
-        assert head(torch.randn(3, 24)).shape == (3, 5)
+        assert head.takes_tokens == (features == "tokens")
+        inputs = torch.randn(3, 7, 24) if head.takes_tokens else torch.randn(3, 24)
+        assert head(inputs).shape == (3, 5)
 
 
 def test_mlp_layers_follow_the_config():

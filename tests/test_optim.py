@@ -5,9 +5,9 @@ from vitcls.models.module import ImageClassifier
 from vitcls.models.optim import create_optimizer, create_scheduler
 
 
-def make_module(freeze=False):
+def make_module(train_blocks="all"):
     return ImageClassifier(
-        backbone={"name": "vit_tiny_patch16_224", "img_size": 32, "freeze": freeze},
+        backbone={"name": "vit_tiny_patch16_224", "img_size": 32, "train_blocks": train_blocks},
         head={"_target_": "vitcls.models.heads.MLPHead", "hidden_dims": [16]},
         class_names=["a", "b", "c"],
     )
@@ -34,7 +34,7 @@ def test_groups_separate_lr_and_no_decay_on_norms_biases_and_tokens():
 
 
 def test_frozen_backbone_is_not_optimised_and_stays_in_eval_mode():
-    module = make_module(freeze=True)
+    module = make_module(train_blocks="none")
     opt = create_optimizer(module.backbone, module.head, lr=1e-3)
     optimised = {id(p) for g in opt.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in module.head.parameters()}

@@ -111,7 +111,7 @@ def test_same_seed_gives_the_same_metrics(image_folder_factory, tmp_path):
 
 def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 6, "b": 6})
-    summary = train_in_process(tmp_path / "run", f"data.root={root}", "model.freeze=true", "trainer.max_epochs=1",
+    summary = train_in_process(tmp_path / "run", f"data.root={root}", "model.train_blocks=none", "trainer.max_epochs=1",
                                "callbacks.model_checkpoint.save_last=false")
     state = torch.load(summary["best_ckpt"], weights_only=True)["state_dict"]
     from vitcls.models.module import ImageClassifier
@@ -121,6 +121,8 @@ def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
                             head={"_target_": "vitcls.models.heads.LinearHead"}, class_names=["a", "b"])
     for key, value in fresh.backbone.state_dict().items():
         assert torch.equal(state[f"backbone.{key}"], value), key
+    head_parameters = 192 * 2 + 2
+    assert summary["params"] == {"total": sum(p.numel() for p in fresh.parameters()), "trainable": head_parameters}
 
 
 def test_cli_reports_a_missing_folder_before_building_a_model(tmp_path):

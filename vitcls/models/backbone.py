@@ -50,7 +50,7 @@ def create_backbone(
     pretrained: bool = False,
     weights: str | None = None,
     img_size: int | None = None,
-    pool: str = "token",
+    pool: str | None = None,
     drop_path_rate: float = 0.0,
     **model_kwargs,
 ) -> nn.Module:
@@ -59,20 +59,23 @@ def create_backbone(
     - `weights`: a local .safetensors/.pth/.bin file (a timm state dict, head or no head). It goes
       through timm's pretrained loading (pos-embed resizing for another img_size, classifier dropped);
       `checkpoint_path=` would load strictly and fail on a different head.
-    - `pool`: `token` (CLS, as in the original ViT) or `avg` (mean of patch tokens). For `avg`,
+    - `pool`: None keeps the model's own pooling (the classifier reads tokens through its feature tap,
+      vitcls.models.features); `token` (CLS) or `avg` (mean of patch tokens) set it. For `avg`,
       `fc_norm=False` keeps the final norm where the pretrained weights expect it.
     """
-    if pool not in POOLING:
+    if pool is not None and pool not in POOLING:
         raise ConfigError(f"model.pool must be one of {sorted(POOLING)}, got {pool!r}")
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(
             f"model.name={name!r} is not a timm model. List candidates with "
             f"`python -c \"import timm; print(timm.list_models('vit_*'))\"`."
         )
-    kwargs = dict(num_classes=0, global_pool=POOLING[pool], drop_path_rate=drop_path_rate, **model_kwargs)
+    kwargs = dict(num_classes=0, drop_path_rate=drop_path_rate, **model_kwargs)
+    if pool is not None:
+        kwargs["global_pool"] = POOLING[pool]
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if POOLING[pool] == "avg":
+    if pool is not None and POOLING[pool] == "avg":
         kwargs["fc_norm"] = False
 
     if weights:

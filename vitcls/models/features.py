@@ -3,7 +3,8 @@
 Every tap reads timm's own forward (`forward_features`, or `forward_intermediates` for `last_k`), so the
 backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
 Prefix tokens (CLS and register tokens, `num_prefix_tokens`) are not patches: `mean` averages the
-patch tokens only.
+patch tokens only. Pooled taps then pass the model's `fc_norm` (an identity unless the model norms after
+pooling, as timm's `forward_head` does).
 
   cls       CLS token                                   (B, D)
   mean      mean of the patch tokens                    (B, D)
@@ -31,7 +32,9 @@ class FeatureTap:
 
     def __init__(self, backbone: nn.Module, features: str = "cls", last_k: int = 4):
         if features not in FEATURE_TAPS:
-            raise ConfigError(f"head.features={features!r} is not supported; choose one of {list(FEATURE_TAPS)}")
+            raise ConfigError(
+                f"head.features={features!r} is not supported; choose one of {list(FEATURE_TAPS)}"
+            )
         if features in ("cls", "cls+mean", "last_k") and getattr(backbone, "cls_token", None) is None:
             raise ConfigError(
                 f"head.features={features!r} needs a CLS token, but this backbone has none "
@@ -54,22 +57,34 @@ class FeatureTap:
         """Heads that pool themselves need `tokens`; the others need a pooled tap."""
         takes_tokens = getattr(head, "takes_tokens", False)
         if takes_tokens and not self.yields_tokens:
-            raise ConfigError(f"head {type(head).__name__} pools tokens itself: set head.features=tokens "
-                              f"(got {self.features!r})")
+            raise ConfigError(
+                f"head {type(head).__name__} pools tokens itself: set head.features=tokens "
+                f"(got {self.features!r})"
+            )
         if self.yields_tokens and not takes_tokens:
-            raise ConfigError(f"head {type(head).__name__} needs a pooled vector, but head.features=tokens gives "
-                              f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)")
+            raise ConfigError(
+                f"head {type(head).__name__} needs a pooled vector, but head.features=tokens gives "
+                f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)"
+            )
 
     def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
         if self.features == "last_k":
             intermediates = backbone.forward_intermediates(
-                images, indices=self.last_k, norm=True, output_fmt="NLC", intermediates_only=True,
+                images,
+                indices=self.last_k,
+                norm=True,
+                output_fmt="NLC",
+                intermediates_only=True,
                 return_prefix_tokens=True,
             )
             return torch.cat([prefix[:, 0] for _, prefix in intermediates], dim=-1)
         tokens = backbone.forward_features(images)
         if self.features == "tokens":
             return tokens
-        pooled = [global_pool_nlc(tokens, pool_type=pool, num_prefix_tokens=self.num_prefix_tokens)
-                  for pool in POOLS[self.features]]
+        pooled = [
+            backbone.fc_norm(
+                global_pool_nlc(tokens, pool_type=pool, num_prefix_tokens=self.num_prefix_tokens)
+            )
+            for pool in POOLS[self.features]
+        ]
         return torch.cat(pooled, dim=-1)

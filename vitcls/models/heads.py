@@ -8,10 +8,9 @@ Adding a head = one subclass of `Head` here (or anywhere imported) + one YAML in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +128,9 @@ class CosineHead(Head):
 
     name = "cosine"
 
-    def __init__(self, in_features: int, num_classes: int, temperature: float = 0.05, learn_temperature: bool = True):
+    def __init__(
+        self, in_features: int, num_classes: int, temperature: float = 0.05, learn_temperature: bool = True
+    ):
         super().__init__(in_features, num_classes)
         if temperature <= 0:
             raise ConfigError(f"head.temperature must be positive, got {temperature}")
@@ -156,13 +157,15 @@ class AttentionPoolHead(Head):
     name = "attention_pool"
     takes_tokens = True
 
-    def __init__(self, in_features: int, num_classes: int, num_heads: int = 8, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0):
+    def __init__(
+        self, in_features: int, num_classes: int, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0
+    ):
         super().__init__(in_features, num_classes)
         if num_heads <= 0 or in_features % num_heads:
             raise ConfigError(f"head.num_heads={num_heads} must divide the token width {in_features}")
-        self.pool = AttentionPoolLatent(in_features, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                        norm_layer=nn.LayerNorm)
+        self.pool = AttentionPoolLatent(
+            in_features, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_layer=nn.LayerNorm
+        )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
 

@@ -58,7 +58,9 @@ class ImageClassifier(L.LightningModule):
 
         self.backbone = create_backbone(**backbone_kwargs)
         self.tap = FeatureTap(self.backbone, head_kwargs.pop("features", "cls"), head_kwargs.pop("last_k", 4))
-        self.head = hydra.utils.instantiate(head_kwargs, in_features=self.tap.out_features, num_classes=num_classes)
+        self.head = hydra.utils.instantiate(
+            head_kwargs, in_features=self.tap.out_features, num_classes=num_classes
+        )
         self.tap.check_head(self.head)
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
         self.frozen_backbone_parts = apply_trainability(self.backbone, train_blocks, bitfit)

@@ -2,7 +2,7 @@
 
   train_blocks=none  linear probe: nothing in the backbone trains
   train_blocks=all   full fine-tuning
-  train_blocks=N     the last N transformer blocks and the final norm train; the stem (patch and
+  train_blocks=N     the last N transformer blocks and the final norm(s) train; the stem (patch and
                      position embeddings, CLS/register tokens) and the earlier blocks are frozen
   bitfit=true        of what train_blocks lets train, only biases and norm parameters do
 
@@ -37,15 +37,19 @@ def trailing_blocks(train_blocks: str | int, depth: int) -> int:
     return train_blocks
 
 
-def apply_trainability(backbone: nn.Module, train_blocks: str | int = "all", bitfit: bool = False) -> list[nn.Module]:
+def apply_trainability(
+    backbone: nn.Module, train_blocks: str | int = "all", bitfit: bool = False
+) -> list[nn.Module]:
     """Freeze what `train_blocks`/`bitfit` leave out; return the modules frozen as a whole (run in eval)."""
     if not hasattr(backbone, "blocks"):
         raise ConfigError(f"model.train_blocks needs a ViT with `blocks`; {type(backbone).__name__} has none")
     depth = len(backbone.blocks)
     trained = trailing_blocks(train_blocks, depth)
     if bitfit and trained == 0:
-        raise ConfigError("model.bitfit=true trains the biases of trainable blocks, but model.train_blocks=none "
-                          "freezes them all; set model.train_blocks=all (BitFit) or a number of last blocks.")
+        raise ConfigError(
+            "model.bitfit=true trains the biases of trainable blocks, but model.train_blocks=none "
+            "freezes them all; set model.train_blocks=all (BitFit) or a number of last blocks."
+        )
     if trained == 0:
         backbone.requires_grad_(False)
         return [backbone]
@@ -53,13 +57,16 @@ def apply_trainability(backbone: nn.Module, train_blocks: str | int = "all", bit
     frozen: list[nn.Module] = []
     if train_blocks != "all":
         backbone.requires_grad_(False)
-        for block in backbone.blocks[depth - trained:]:
+        for block in backbone.blocks[depth - trained :]:
             block.requires_grad_(True)
         backbone.norm.requires_grad_(True)
+        backbone.fc_norm.requires_grad_(True)
         frozen = [getattr(backbone, name) for name in STEM if hasattr(backbone, name)]
         frozen += list(backbone.blocks[: depth - trained])
     if bitfit:
-        norm_parameters = {id(p) for m in backbone.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+        norm_parameters = {
+            id(p) for m in backbone.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()
+        }
         for name, parameter in backbone.named_parameters():
             if not (name.endswith("bias") or id(parameter) in norm_parameters):
                 parameter.requires_grad_(False)

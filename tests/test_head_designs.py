@@ -12,7 +12,7 @@ from test_train import run_cli
 
 from vitcls.errors import ConfigError
 from vitcls.models.heads import HEADS
-from vitcls.models.module import ImageClassifier
+from vitcls.models.module import ImageClassifier, load_classifier
 
 # Real timm ids, cut to a few blocks (timm's `depth`) to keep CPU tests short.
 TINY = "vit_tiny_patch16_224"  # width 192; at 32 px: CLS + 4 patches
@@ -206,6 +206,17 @@ def test_each_head_learns_a_separable_problem_on_cached_features(head, features)
     assert losses[-1] < 0.5 * losses[0]
     module.head.eval()
     assert (module.head(cached).argmax(dim=-1) == targets).float().mean() >= 0.9
+
+
+def test_a_checkpoint_rebuilds_tap_head_and_trainability_from_its_hyperparameters(tmp_path):
+    torch.manual_seed(0)
+    module = make_classifier("cosine", "last_k", train_blocks=2, bitfit=True).eval()
+    path = tmp_path / "model.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    loaded, _ = load_classifier(path)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(images), module(images))
+    assert loaded.parameter_counts == module.parameter_counts
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, make_image_folder
 from sklearn import metrics as skm
 
@@ -123,6 +124,8 @@ def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
         assert torch.equal(state[f"backbone.{key}"], value), key
     head_parameters = 192 * 2 + 2
     assert summary["params"] == {"total": sum(p.numel() for p in fresh.parameters()), "trainable": head_parameters}
+    logged = yaml.safe_load((tmp_path / "run" / "hparams.yaml").read_text())  # the CSV logger's hyperparameters
+    assert logged["params/trainable"] == head_parameters and logged["backbone"]["train_blocks"] == "none"
 
 
 def test_cli_reports_a_missing_folder_before_building_a_model(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ def load_checkpoint(path: str | Path, setting: str = "ckpt_path", map_location: 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if detail is None:  # a broken stream rather than a forbidden object
+            raise ConfigError(f"{setting}: {path.resolve()} is not a readable PyTorch checkpoint "
+                              "(truncated, corrupt or another format)") from error
         raise UnsafeCheckpointError(
-            f"{setting}: refused to load {path.resolve()}: it is not a plain-data checkpoint (tensors, numbers, "
-            f"strings, containers) and loading it could run code ({first_line}). Only load checkpoints "
+            f"{setting}: refused to load {path.resolve()}: it holds a pickled reference to {detail.group(1)}, "
+            "not only tensors and plain data, and loading it could run code. Only load checkpoints "
             "written by vitcls/Lightning from a source you trust."
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:

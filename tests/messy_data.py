@@ -20,8 +20,12 @@ def png_with_header_size(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -57,7 +61,8 @@ def make_messy_folder(root: Path, class_in_one_split: bool = False) -> dict[str,
     os.symlink(write_image(root / "shared" / "pic.png", rng), root / "train" / "b" / "inside_link.png")
     # a PNG named .jpg decodes by content: a good image
     Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
-        root / "train" / "b" / "really_png.jpg", format="PNG")
+        root / "train" / "b" / "really_png.jpg", format="PNG"
+    )
     for split in ("train", "test"):
         (root / split / "c").mkdir()
     bad["empty_class"] = root / "train" / "c"

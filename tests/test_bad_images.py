@@ -38,7 +38,9 @@ def test_skip_policy_trains_without_the_bad_files_and_counts_them(tmp_path, capl
     root = tmp_path / "messy"
     bad = make_messy_folder(root)
     with caplog.at_level(logging.WARNING):
-        summary = train(tmp_path / "run", f"data.root={root}", "data.on_bad_image=skip", "trainer.max_epochs=1")
+        summary = train(
+            tmp_path / "run", f"data.root={root}", "data.on_bad_image=skip", "trainer.max_epochs=1"
+        )
     assert summary["skipped_files"] == 5
     assert set(summary["skipped"]) == {str(bad[kind]) for kind in BAD_FILE_KINDS}
     assert summary["class_names"] == ["a", "b"]  # the empty class folder c is left out
@@ -80,7 +82,8 @@ def test_files_that_go_bad_after_the_scan_never_kill_an_epoch(image_folder_facto
 
 
 def test_a_batch_whose_images_all_went_bad_is_skipped_and_test_metrics_count_real_images(
-        image_folder_factory, data_config):
+    image_folder_factory, data_config
+):
     import lightning as L
 
     root = image_folder_factory({"a": 6, "b": 6})
@@ -91,7 +94,9 @@ def test_a_batch_whose_images_all_went_bad_is_skipped_and_test_metrics_count_rea
     dm.setup("test")
     for sample in dm.splits["test"][:3]:  # the whole first test batch
         (root / sample.path).unlink()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.test(module, datamodule=dm, verbose=False)
     assert int(module.last_confusion["test"].sum()) == len(dm.splits["test"]) - 3
     assert len(dm.skipped_files()) == 3

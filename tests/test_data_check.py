@@ -23,13 +23,20 @@ def test_check_finds_each_kind_of_problem(tmp_path):
     assert "0 bytes" in reasons[str(bad["zero_byte"])]
     assert "cannot decode" in reasons[str(bad["truncated"])]
     assert "cannot decode" in reasons[str(bad["random_bytes"])]
-    assert "100,000,000 pixels" in reasons[str(bad["bomb"])] and "data.max_image_pixels" in reasons[str(bad["bomb"])]
+    assert (
+        "100,000,000 pixels" in reasons[str(bad["bomb"])]
+        and "data.max_image_pixels" in reasons[str(bad["bomb"])]
+    )
     assert "outside data.root" in reasons[str(bad["outside_symlink"])]
     assert report["symlinks_outside_root"] == [str(bad["outside_symlink"])]
 
     assert report["splits"]["train"]["non_image_files"] == [str(bad["non_image"])]
-    assert report["duplicates_across_splits"] == [sorted([str(bad["leak"]), str(root / "train/a/img_000.png")])]
-    assert report["duplicates_within_split"] == [sorted([str(bad["duplicate_in_train"]), str(root / "train/a/img_001.png")])]
+    assert report["duplicates_across_splits"] == [
+        sorted([str(bad["leak"]), str(root / "train/a/img_000.png")])
+    ]
+    assert report["duplicates_within_split"] == [
+        sorted([str(bad["duplicate_in_train"]), str(root / "train/a/img_001.png")])
+    ]
     assert report["empty_classes"] == {"train": ["c"], "test": ["c"]}
     kinds = {p["kind"]: p for p in report["problems"]}
     assert "classes not in train: ['d']" in kinds["class_mismatch"]["message"]
@@ -70,8 +77,13 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
 
 def test_module_runs_as_a_command(tmp_path):
     bad = make_messy_folder(tmp_path / "messy")
-    result = subprocess.run([sys.executable, "-m", "vitcls.data", "check", "--json", str(tmp_path / "messy")],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitcls.data", "check", "--json", str(tmp_path / "messy")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert {item["path"] for item in report["bad_files"]} == {str(bad[kind]) for kind in BAD_FILE_KINDS}

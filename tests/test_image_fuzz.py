@@ -56,8 +56,10 @@ def test_truncated_streams_under_any_extension(tmp_path, fmt, cut, ext):
 
 
 @FUZZ
-@given(fmt=st.sampled_from(FORMATS), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
-                                                     min_size=1, max_size=8))
+@given(
+    fmt=st.sampled_from(FORMATS),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_corrupted_bytes(tmp_path, fmt, flips):
     data = bytearray(VALID[fmt])
     for position, value in flips:

@@ -45,7 +45,9 @@ def test_load_checkpoint_refuses_it_and_nothing_runs(malicious_checkpoint):
 
 def test_eval_refuses_it_with_a_clear_message(malicious_checkpoint, tmp_path):
     path, marker = malicious_checkpoint
-    result = run_cli("eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}", expect_success=False)
+    result = run_cli(
+        "eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}", expect_success=False
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "refused to load" in output and "Traceback" not in output
     assert not marker.exists()
@@ -54,8 +56,10 @@ def test_eval_refuses_it_with_a_clear_message(malicious_checkpoint, tmp_path):
 def test_resuming_from_it_is_refused_before_training(malicious_checkpoint, image_folder_factory, tmp_path):
     path, marker = malicious_checkpoint
     root = image_folder_factory({"a": 6, "b": 6})
-    cfg = compose_config("train", [f"paths.output_dir={tmp_path / 'run'}", f"data.root={root}", *FAST_OVERRIDES,
-                                   f"ckpt_path={path}"])
+    cfg = compose_config(
+        "train",
+        [f"paths.output_dir={tmp_path / 'run'}", f"data.root={root}", *FAST_OVERRIDES, f"ckpt_path={path}"],
+    )
     with pytest.raises(UnsafeCheckpointError):
         run(cfg)
     assert not marker.exists()
@@ -65,7 +69,9 @@ def test_resuming_from_it_is_refused_before_training(malicious_checkpoint, image
 def test_truncated_or_foreign_files_are_named(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ConfigError, match=f"ckpt_path: .*{garbage.name} is not a readable PyTorch checkpoint"):
+    with pytest.raises(
+        ConfigError, match=f"ckpt_path: .*{garbage.name} is not a readable PyTorch checkpoint"
+    ):
         load_checkpoint(garbage)
     plain = tmp_path / "plain.ckpt"
     torch.save({"weights": torch.zeros(2)}, plain)

@@ -16,7 +16,9 @@ class UnsafeCheckpointError(VitclsError):
     """The file is not a plain-data checkpoint: loading it could run code, so it is refused."""
 
 
-def load_checkpoint(path: str | Path, setting: str = "ckpt_path", map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, setting: str = "ckpt_path", map_location: Any = "cpu"
+) -> dict[str, Any]:
     """`torch.load(weights_only=True)` with a clear error naming `setting` and the file.
 
     weights_only never executes pickled callables: a checkpoint that carries code fails to load here
@@ -30,8 +32,10 @@ def load_checkpoint(path: str | Path, setting: str = "ckpt_path", map_location: 
     except pickle.UnpicklingError as error:
         detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if detail is None:  # a broken stream rather than a forbidden object
-            raise ConfigError(f"{setting}: {path.resolve()} is not a readable PyTorch checkpoint "
-                              "(truncated, corrupt or another format)") from error
+            raise ConfigError(
+                f"{setting}: {path.resolve()} is not a readable PyTorch checkpoint "
+                "(truncated, corrupt or another format)"
+            ) from error
         raise UnsafeCheckpointError(
             f"{setting}: refused to load {path.resolve()}: it holds a pickled reference to {detail.group(1)}, "
             "not only tensors and plain data, and loading it could run code. Only load checkpoints "

@@ -29,8 +29,12 @@ def _positive_int(section: DictConfig, prefix: str, key: str, optional: bool = F
     value = section.get(key)
     if value is None and optional:
         return
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{prefix}.{key}", value,
-             "a positive integer" + (" or null" if optional else ""))
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{prefix}.{key}",
+        value,
+        "a positive integer" + (" or null" if optional else ""),
+    )
 
 
 def _in_range(section: DictConfig, prefix: str, key: str, low: float, high: float, closed_low: bool) -> None:
@@ -56,8 +60,12 @@ def check_train_config(cfg: DictConfig) -> None:
     _positive_int(data, "data", "batch_size")
     _positive_int(data, "data", "eval_batch_size", optional=True)
     workers = data.get("num_workers")
-    _require(workers is None or (isinstance(workers, int) and workers >= 0), "data.num_workers", workers,
-             "null or an integer >= 0")
+    _require(
+        workers is None or (isinstance(workers, int) and workers >= 0),
+        "data.num_workers",
+        workers,
+        "null or an integer >= 0",
+    )
     _in_range(data, "data", "val_fraction", 0.0, 1.0, closed_low=False)
     _in_range(data, "data", "test_fraction", 0.0, 1.0, closed_low=False)
     policy = data.get("on_bad_image")

@@ -35,12 +35,16 @@ class NonFiniteLossGuard(Callback):
 
     def __init__(self, action: str = "error"):
         if action not in ACTIONS:
-            raise ConfigError(f"callbacks.nonfinite_loss.action must be one of {list(ACTIONS)}, got {action!r}")
+            raise ConfigError(
+                f"callbacks.nonfinite_loss.action must be one of {list(ACTIONS)}, got {action!r}"
+            )
         self.action = action
         self.skipped_steps: list[int] = []
         self._bad_loss = False
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         if torch.isfinite(loss).all():
             return
         where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"

@@ -37,8 +37,9 @@ def _problem(severity: str, kind: str, message: str, paths: list[str] | None = N
     return {"severity": severity, "kind": kind, "message": message, "paths": paths or []}
 
 
-def check_folder(root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 workers: int | None = None) -> dict[str, Any]:
+def check_folder(
+    root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, workers: int | None = None
+) -> dict[str, Any]:
     """The full report as a JSON-ready dict; `report["ok"]` is False when training would break or
     the metrics would be biased. Raises DatasetLayoutError when ROOT has no readable layout."""
     scan: FolderScan = read_folder(root)
@@ -51,17 +52,38 @@ def check_folder(root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         for name in folders.class_names:
             class_checks = [checks[path] for path in folders.files[name]]
             classes[name] = _class_stats(class_checks)
-            bad_files += [{"path": c.path, "split": split, "class": name, "reason": c.reason}
-                          for c in class_checks if not c.ok]
+            bad_files += [
+                {"path": c.path, "split": split, "class": name, "reason": c.reason}
+                for c in class_checks
+                if not c.ok
+            ]
             if not classes[name]["images"]:
-                problems.append(_problem(ERROR, "empty_class", f"{split}: class folder {name!r} has no usable "
-                                         "image (it cannot be learned or scored)", [str(folders.directory / name)]))
-        splits[split] = {"directory": str(folders.directory), "classes": classes,
-                         "non_image_files": folders.ignored}
+                problems.append(
+                    _problem(
+                        ERROR,
+                        "empty_class",
+                        f"{split}: class folder {name!r} has no usable "
+                        "image (it cannot be learned or scored)",
+                        [str(folders.directory / name)],
+                    )
+                )
+        splits[split] = {
+            "directory": str(folders.directory),
+            "classes": classes,
+            "non_image_files": folders.ignored,
+        }
         if folders.ignored:
-            problems.append(_problem(WARNING, "non_image_files", f"{split}: {len(folders.ignored)} non-image "
-                                     "file(s) ignored", folders.ignored))
-    bad_files += [{"path": path, "split": None, "class": None, "reason": OUTSIDE_ROOT} for path in scan.outside_root]
+            problems.append(
+                _problem(
+                    WARNING,
+                    "non_image_files",
+                    f"{split}: {len(folders.ignored)} non-image file(s) ignored",
+                    folders.ignored,
+                )
+            )
+    bad_files += [
+        {"path": path, "split": None, "class": None, "reason": OUTSIDE_ROOT} for path in scan.outside_root
+    ]
     for bad in bad_files:
         problems.append(_problem(ERROR, "bad_file", f"{bad['path']}: {bad['reason']}", [bad["path"]]))
 
@@ -69,23 +91,46 @@ def check_folder(root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     for split, folders in scan.splits.items():
         missing, extra = class_differences(train_classes, folders.class_names)
         if missing or extra:
-            problems.append(_problem(ERROR, "class_mismatch", f"{split}: classes missing compared to train: "
-                                     f"{missing or 'none'}; classes not in train: {extra or 'none'}"))
+            problems.append(
+                _problem(
+                    ERROR,
+                    "class_mismatch",
+                    f"{split}: classes missing compared to train: "
+                    f"{missing or 'none'}; classes not in train: {extra or 'none'}",
+                )
+            )
     if len(train_classes) < 2:
-        problems.append(_problem(ERROR, "too_few_classes", f"train has {len(train_classes)} class folder(s); "
-                                 "classification needs at least two"))
+        problems.append(
+            _problem(
+                ERROR,
+                "too_few_classes",
+                f"train has {len(train_classes)} class folder(s); classification needs at least two",
+            )
+        )
 
     split_by_path = split_of(scan)
     within, across = [], []
     for group in duplicate_groups(list(checks.values())):
         (across if len({split_by_path[p] for p in group}) > 1 else within).append(group)
     for group in across:
-        problems.append(_problem(ERROR, "leakage", "identical images in "
-                                 f"{' and '.join(sorted({split_by_path[p] for p in group}))}: " + " == ".join(group),
-                                 group))
+        problems.append(
+            _problem(
+                ERROR,
+                "leakage",
+                "identical images in "
+                f"{' and '.join(sorted({split_by_path[p] for p in group}))}: " + " == ".join(group),
+                group,
+            )
+        )
     for group in within:
-        problems.append(_problem(WARNING, "duplicate", f"identical images within {split_by_path[group[0]]}: "
-                                 + " == ".join(group), group))
+        problems.append(
+            _problem(
+                WARNING,
+                "duplicate",
+                f"identical images within {split_by_path[group[0]]}: " + " == ".join(group),
+                group,
+            )
+        )
 
     return {
         "root": str(scan.root.resolve()),
@@ -115,31 +160,47 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'class':<30} {'images':>7} {'bad':>5}  {'width':>11} {'height':>11}  modes")
         for name, stats in info["classes"].items():
             modes = ", ".join(f"{mode} {count}" for mode, count in stats.get("modes", {}).items()) or "-"
-            lines.append(f"  {name[:30]!s:<30} {stats['images']:>7} {stats['bad']:>5}  "
-                         f"{_range(stats.get('width')):>11} {_range(stats.get('height')):>11}  {modes}")
+            lines.append(
+                f"  {name[:30]!s:<30} {stats['images']:>7} {stats['bad']:>5}  "
+                f"{_range(stats.get('width')):>11} {_range(stats.get('height')):>11}  {modes}"
+            )
     problems = report["problems"]
     errors = [p for p in problems if p["severity"] == ERROR]
     lines.append("")
     for problem in problems:
         lines.append(f"{problem['severity'].upper():7} [{problem['kind']}] {problem['message']}")
     if errors:
-        lines.append(f"\n{len(errors)} problem(s) would break training or bias the metrics. Fix or remove the "
-                     "files named above, or train with data.on_bad_image=skip to leave bad files out.")
+        lines.append(
+            f"\n{len(errors)} problem(s) would break training or bias the metrics. Fix or remove the "
+            "files named above, or train with data.on_bad_image=skip to leave bad files out."
+        )
     else:
         lines.append("\nready to train" + (f" ({len(problems)} warning(s))" if problems else ""))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vitcls-data", description="Inspect an image folder before training.")
+    parser = argparse.ArgumentParser(
+        prog="vitcls-data", description="Inspect an image folder before training."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="report bad files, duplicates, leakage and class problems",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check = commands.add_parser(
+        "check",
+        help="report bad files, duplicates, leakage and class problems",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("root", type=Path, help="the image folder (same layouts as data.root)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                       help=f"decoded pixel cap per image, as data.max_image_pixels (default {DEFAULT_MAX_IMAGE_PIXELS})")
-    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
+    check.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"decoded pixel cap per image, as data.max_image_pixels (default {DEFAULT_MAX_IMAGE_PIXELS})",
+    )
+    check.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)"
+    )
     args = parser.parse_args(argv)
     if args.max_pixels <= 0:
         parser.error("--max-pixels must be a positive integer")

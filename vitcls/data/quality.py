@@ -74,8 +74,12 @@ def duplicate_groups(checks: list[FileCheck]) -> list[list[str]]:
 
 
 def split_of(scan: FolderScan) -> dict[str, str]:
-    return {path: split for split, folders in scan.splits.items() for files in folders.files.values()
-            for path in files}
+    return {
+        path: split
+        for split, folders in scan.splits.items()
+        for files in folders.files.values()
+        for path in files
+    }
 
 
 def leaked_duplicates(scan: FolderScan, checks: list[FileCheck]) -> list[list[str]]:
@@ -101,10 +105,13 @@ def apply_bad_image_policy(scan: FolderScan, checks: list[FileCheck], policy: st
         if bad:
             parts.append(f"{len(bad)} bad image file(s):\n{_listing(bad)}")
         if empty:
-            parts.append("class folders without any usable image: "
-                         + "; ".join(f"{split}: {names}" for split, names in empty.items()))
+            parts.append(
+                "class folders without any usable image: "
+                + "; ".join(f"{split}: {names}" for split, names in empty.items())
+            )
         raise BadImagesError(
-            f"data.root {scan.root} is not ready for training.\n" + "\n".join(parts)
+            f"data.root {scan.root} is not ready for training.\n"
+            + "\n".join(parts)
             + "\nFix or remove these files and folders, or pass data.on_bad_image=skip to leave them out. "
             f"`python -m vitcls.data check {scan.root}` reports everything."
         )
@@ -112,8 +119,10 @@ def apply_bad_image_policy(scan: FolderScan, checks: list[FileCheck], policy: st
         log.warning("skipping bad image %s: %s", path, reason)
     if empty:
         names = {name for names in empty.values() for name in names}
-        log.warning("leaving out class folders without usable images (they cannot be learned or scored): %s",
-                    "; ".join(f"{split}: {names}" for split, names in empty.items()))
+        log.warning(
+            "leaving out class folders without usable images (they cannot be learned or scored): %s",
+            "; ".join(f"{split}: {names}" for split, names in empty.items()),
+        )
         scan.drop_classes(names)
     return bad
 
@@ -123,6 +132,11 @@ def warn_about_leakage(scan: FolderScan, checks: list[FileCheck]) -> list[list[s
     if leaks:
         shown = "\n".join("  " + " == ".join(group) for group in leaks[:20])
         more = f"\n  ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
-        log.warning("%d image(s) appear in more than one split (identical files): test/val metrics are "
-                    "inflated by images the model trained on.\n%s%s", len(leaks), shown, more)
+        log.warning(
+            "%d image(s) appear in more than one split (identical files): test/val metrics are "
+            "inflated by images the model trained on.\n%s%s",
+            len(leaks),
+            shown,
+            more,
+        )
     return leaks

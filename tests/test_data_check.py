@@ -87,3 +87,27 @@ def test_module_runs_as_a_command(tmp_path):
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert {item["path"] for item in report["bad_files"]} == {str(bad[kind]) for kind in BAD_FILE_KINDS}
+
+
+def test_a_symlink_loop_inside_the_root_ends(tmp_path):
+    import os
+
+    make_image_folder(tmp_path, {"a": 2, "b": 2}, "train")
+    os.symlink(tmp_path / "train" / "a", tmp_path / "train" / "a" / "loop")
+    report = check_folder(tmp_path)
+    assert report["splits"]["train"]["classes"]["a"]["images"] == 2 and report["ok"]
+
+
+def test_eval_class_check_lists_the_difference():
+    import pytest
+
+    from vitcls.data.folder import DatasetLayoutError
+    from vitcls.evaluate import check_same_classes
+
+    with pytest.raises(
+        DatasetLayoutError, match=r"missing in the data: \['b'\].*unknown to the model: \['c', 'd'\]"
+    ):
+        check_same_classes(["a", "b"], ["a", "c", "d"], "/data")
+    with pytest.raises(DatasetLayoutError, match="same names in another order"):
+        check_same_classes(["b", "a"], ["a", "b"], "/data")
+    check_same_classes(["a", "b"], ["a", "b"], "/data")

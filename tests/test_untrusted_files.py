@@ -79,3 +79,23 @@ def test_truncated_or_foreign_files_are_named(tmp_path):
         load_checkpoint(plain)
     with pytest.raises(ConfigError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_weights_file_that_does_not_fit_the_model_names_both(tmp_path):
+    from vitcls.models.backbone import create_backbone
+
+    wrong = tmp_path / "other_arch.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 7), "blocks.0.norm1.weight": torch.zeros(7)}, wrong)
+    with pytest.raises(
+        ConfigError, match=rf"model.weights={wrong} does not load into model.name='vit_tiny_patch16_224'"
+    ):
+        create_backbone("vit_tiny_patch16_224", weights=str(wrong), img_size=32)
+
+
+def test_weights_file_that_runs_code_is_refused(malicious_checkpoint):
+    from vitcls.models.backbone import create_backbone
+
+    path, marker = malicious_checkpoint
+    with pytest.raises(ConfigError, match="does not load into"):
+        create_backbone("vit_tiny_patch16_224", weights=str(path), img_size=32)
+    assert not marker.exists()

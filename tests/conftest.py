@@ -22,6 +22,7 @@ FAST_OVERRIDES = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "data.num_workers=0",
+    "data.batch_size=4",  # tiny generated folders: the batch must fit in the training set
 ]
 
 
@@ -60,10 +61,10 @@ def make_image_folder(root: Path, classes: dict[str, int], split: str | None = N
 
 @pytest.fixture
 def image_folder_factory(tmp_path):
-    def factory(classes: dict[str, int], splits=("train", "test"), **kwargs) -> Path:
+    def factory(classes: dict[str, int], splits=("train", "test"), seed=0, **kwargs) -> Path:
         root = tmp_path / "images"
-        for split in splits:
-            make_image_folder(root, classes, split, **kwargs)
+        for index, split in enumerate(splits):  # a seed per split: no identical images across splits
+            make_image_folder(root, classes, split, seed=seed + index, **kwargs)
         return root
 
     return factory

@@ -50,7 +50,7 @@ def test_module_builds_from_config_for_each_head(head):
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=tensorboard"])
     callbacks = instantiate_dict_group(cfg.callbacks)
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor"}
+    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor", "NonFiniteLossGuard"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
     assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]

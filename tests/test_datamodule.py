@@ -5,6 +5,7 @@ import torch
 
 from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
 from vitcls.data.transforms import resolve_data_config
+from vitcls.errors import ConfigError
 from vitcls.models.backbone import create_backbone
 
 
@@ -54,14 +55,14 @@ def test_batches_have_the_models_input_size_and_labels(image_folder_factory, dat
 
 def test_train_transform_equals_eval_transform_without_augmentation(image_folder_factory, data_config):
     root = image_folder_factory({"a": 3, "b": 3})
-    dm = ImageFolderDataModule(root, num_workers=0)
+    dm = ImageFolderDataModule(root, batch_size=2, num_workers=0)
     dm.set_data_config(data_config)
     dm.setup("fit")
     train, test = dm.datasets["train"], dm.datasets["test"]
     assert str(train.transform) == str(test.transform)
     assert torch.equal(train[0][0], train[0][0])
 
-    augmented = ImageFolderDataModule(root, num_workers=0, train_augment={"scale": [0.5, 1.0], "hflip": 0.5})
+    augmented = ImageFolderDataModule(root, batch_size=2, num_workers=0, train_augment={"scale": [0.5, 1.0], "hflip": 0.5})
     augmented.set_data_config(data_config)
     augmented.setup("fit")
     assert "RandomResizedCrop" in str(augmented.datasets["train"].transform)
@@ -82,7 +83,8 @@ def test_default_workers_scale_with_devices():
     assert default_num_workers(64) == 1
 
 
-def test_training_never_sees_a_batch_of_one(image_folder_factory, data_config):
+def test_training_drops_the_ragged_last_batch_and_refuses_a_batch_larger_than_the_training_set(
+        image_folder_factory, data_config):
     root = image_folder_factory({"a": 6, "b": 5}, splits=("train",))  # 9 train images after val/test split
     dm = ImageFolderDataModule(root, batch_size=4, num_workers=0, val_fraction=0.2, test_fraction=0.2)
     dm.set_data_config(data_config)
@@ -90,7 +92,8 @@ def test_training_never_sees_a_batch_of_one(image_folder_factory, data_config):
     assert len(dm.datasets["train"]) == 7
     assert [len(labels) for _, labels in dm.train_dataloader()] == [4]
     assert sum(len(labels) for _, labels in dm.val_dataloader()) == len(dm.datasets["val"])
-    small = ImageFolderDataModule(root, batch_size=32, num_workers=0)
+    small = ImageFolderDataModule(root, batch_size=8, num_workers=0)
     small.set_data_config(data_config)
-    small.setup("fit")
-    assert [len(labels) for _, labels in small.train_dataloader()] == [7]
+    with pytest.raises(ConfigError, match=r"data.batch_size=8 is larger than the training set \(7 images.*batch_size=7"):
+        small.setup("fit")
+    small.setup("test")  # evaluation never builds training batches

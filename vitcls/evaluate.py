@@ -98,8 +98,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     confusion = module.last_confusion["test"]
     metrics = split_metrics(results, "test")
     probabilities = torch.cat(module.test_predictions)
-    # Shorter than the split only when trainer.limit_test_batches cuts the test loop.
-    samples = datamodule.datasets["test"].samples[: len(probabilities)]
+    skipped = datamodule.skipped_files()
+    # Files that went bad during the test loop were dropped from their batch (data.on_bad_image=skip);
+    # shorter than the split only when trainer.limit_test_batches cuts the test loop.
+    samples = [s for s in datamodule.datasets["test"].samples if s.path not in skipped][: len(probabilities)]
 
     files = {f"confusion_matrix_{k}": v for k, v in save_confusion_matrix(
         confusion, class_names, output_dir, stem="test_confusion_matrix", title="test confusion matrix").items()}
@@ -121,6 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str(datamodule.root),
         "class_names": class_names,
         "num_samples": len(samples),
+        "skipped_files": len(skipped),
+        "skipped": skipped,
         "test": metrics,
         "per_class": per_class_report(confusion, class_names),
         "paths": {name: str(path) for name, path in files.items()},

@@ -8,11 +8,13 @@ Every file is written atomically: to a temporary file in the target directory, t
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
 import os
 import tempfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut cannot leave it empty
+            os.fsync(handle.fileno())
         tmp.chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -73,7 +77,13 @@ def _to_confusion_array(confusion: Any, class_names: Sequence[str]) -> np.ndarra
     return array.astype(np.int64)
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a folder name may hold a newline or an escape sequence) shown escaped."""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
+
+
 def _truncate(text: str, limit: int) -> str:
+    text = _one_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -168,7 +178,8 @@ def save_confusion_matrix(
 
 
 def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|")  # a bare pipe would split the table cell
+    """A class name as inert table text: no cell split (|), no line break, no HTML (<script>)."""
+    return html.escape(_one_line(text), quote=False).replace("|", "\\|")
 
 
 def save_report(

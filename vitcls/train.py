@@ -11,9 +11,12 @@ from typing import Any
 import hydra.utils
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.checkpoints import validate_resume_checkpoint
+from vitcls.config_checks import check_run_dir, check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
@@ -67,6 +70,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     output_dir = Path(cfg.paths.output_dir)
+    check_train_config(cfg)
+    if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
+        check_run_dir(output_dir, cfg)
+    validate_resume_checkpoint(cfg.get("ckpt_path"))
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -86,9 +93,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
         logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     best_path, best_epoch, best_score = best_checkpoint(trainer)
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True)[0]
+    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True,
+                                weights_only=True)[0]
+    skipped = datamodule.skipped_files()
 
     summary = {
         "class_names": datamodule.class_names,
@@ -98,8 +107,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
         "test": split_metrics(test_results, "test"),
         "params": params,
-        "num_samples": {split: len(samples) for split, samples in datamodule.splits.items()},
+        "num_samples": {split: len([s for s in samples if s.path not in skipped])
+                        for split, samples in datamodule.splits.items()},
         "ignored_files": datamodule.scan().num_ignored,
+        "skipped_files": len(skipped),
+        "skipped": skipped,
         "epochs_trained": trainer.current_epoch,
         "global_steps": trainer.global_step,
         "wall_time_s": round(time.time() - started, 2),

@@ -11,8 +11,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from vitcls.data.dataset import ImageFileDataset
-from vitcls.data.folder import FolderScan, Sample, scan_folder
+from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad
+from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
+from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from vitcls.data.quality import apply_bad_image_policy, check_file, check_files, warn_about_leakage
 from vitcls.data.split import stratified_split
 from vitcls.data.transforms import build_eval_transform, build_train_transform
 from vitcls.errors import ConfigError
@@ -41,6 +43,10 @@ class ImageFolderDataModule(L.LightningDataModule):
     (stratified, seeded by `split_seed`). Without a test/ folder, `test_fraction` of train is held out
     first. Transforms come from the backbone: call `set_data_config` (done by `vitcls.train.run`)
     or let `setup` take `trainer.lightning_module.data_config`.
+
+    Bad files: before any split is made, every image is decoded once (`vitcls.data.quality`).
+    `on_bad_image="error"` stops with the list of bad files; `"skip"` leaves them out with a warning,
+    and a file that goes bad later is dropped from its batch (`skipped_files()` counts both).
     """
 
     def __init__(
@@ -58,6 +64,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         drop_last: bool = True,
+        on_bad_image: str = "error",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         source: FolderSource | None = None,
     ):
         super().__init__()
@@ -68,6 +76,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.data_config: dict[str, Any] | None = None
         self._scan: FolderScan | None = None
         self._splits: dict[str, list[Sample]] | None = None
+        self._skipped: dict[str, str] = {}  # path -> reason, found by the scan
+        self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
 
     # --- folder and splits -------------------------------------------------------------------
@@ -78,9 +88,28 @@ class ImageFolderDataModule(L.LightningDataModule):
     def scan(self) -> FolderScan:
         """Validate the folder (raises DatasetLayoutError with the expected layout) and cache the scan."""
         if self._scan is None:
-            self._scan = scan_folder(self.root)
+            scan = read_folder(self.root)
+            checks = check_files(scan.all_files(), self.hparams.max_image_pixels)
+            self._skipped = apply_bad_image_policy(scan, checks, self.hparams.on_bad_image)
+            self._scan = validate_scan(scan)
+            warn_about_leakage(scan, [c for c in checks if c.path not in self._skipped])
+            self._file_stats = {path: _stat(path) for path in scan.all_files()}
             log.info("data.root %s: %s", self.root, self._scan.summary())
         return self._scan
+
+    def skipped_files(self) -> dict[str, str]:
+        """{path: reason} of every file left out: by the scan, and (files changed since) during the run.
+
+        Files that DataLoader workers dropped are found again here, in the main process, by re-checking
+        the files whose size or modification time changed since the scan.
+        """
+        skipped = dict(self._skipped)
+        for path, stat in self._file_stats.items():
+            if _stat(path) != stat:
+                check = check_file(path, self.hparams.max_image_pixels)
+                if not check.ok:
+                    skipped[path] = check.reason
+        return skipped
 
     @property
     def class_names(self) -> list[str]:
@@ -118,18 +147,30 @@ class ImageFolderDataModule(L.LightningDataModule):
             if module is None or not hasattr(module, "data_config"):
                 raise RuntimeError("ImageFolderDataModule needs the backbone's data config: call set_data_config().")
             self.set_data_config(module.data_config)
+        if stage in (None, "fit"):
+            self._check_batch_size()
         if self.datasets:
             return
         eval_transform = build_eval_transform(self.data_config)
         train_transform = build_train_transform(self.data_config, self.hparams.train_augment)
+        options = {"max_pixels": self.hparams.max_image_pixels, "skip_bad": self.hparams.on_bad_image == "skip"}
         self.datasets = {
-            "train": ImageFileDataset(self.splits["train"], train_transform),
-            "val": ImageFileDataset(self.splits["val"], eval_transform),
-            "test": ImageFileDataset(self.splits["test"], eval_transform),
+            "train": ImageFileDataset(self.splits["train"], train_transform, **options),
+            "val": ImageFileDataset(self.splits["val"], eval_transform, **options),
+            "test": ImageFileDataset(self.splits["test"], eval_transform, **options),
         }
         for split, dataset in self.datasets.items():
             if len(dataset) == 0:
                 raise ConfigError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
+
+    def _check_batch_size(self) -> None:
+        per_device = len(self.splits["train"]) // self._devices()
+        if self.hparams.batch_size > per_device:
+            raise ConfigError(
+                f"data.batch_size={self.hparams.batch_size} is larger than the training set "
+                f"({per_device} images per device after the val/test split of {self.root}): "
+                f"pass data.batch_size={max(1, per_device)} or less."
+            )
 
     # --- dataloaders -------------------------------------------------------------------------
     def _devices(self) -> int:
@@ -153,17 +194,24 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
             drop_last=drop_last,
+            collate_fn=collate_skipping_bad if self.hparams.on_bad_image == "skip" else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         # Dropping the ragged last batch (a different one each epoch, as the order is shuffled) avoids
-        # a batch of one, which BatchNorm in a head cannot train on; tiny training sets keep it.
-        batch_size = self.hparams.batch_size
-        drop_last = self.hparams.drop_last and len(self.datasets["train"]) >= batch_size
-        return self._loader("train", batch_size, shuffle=True, drop_last=drop_last)
+        # a batch of one, which BatchNorm in a head cannot train on.
+        return self._loader("train", self.hparams.batch_size, shuffle=True, drop_last=self.hparams.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)

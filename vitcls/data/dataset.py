@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vitcls.data.folder import Sample
-from vitcls.data.images import load_rgb
+from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb
 from vitcls.errors import VitclsError
+
+log = logging.getLogger(__name__)
 
 
 class ImageDecodeError(VitclsError):
@@ -18,21 +20,43 @@ class ImageDecodeError(VitclsError):
 
 
 class ImageFileDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
+    """(image, label) pairs. With `skip_bad`, a file that cannot be decoded yields None (see
+    `collate_skipping_bad`) instead of stopping the epoch: it went bad after the pre-training scan."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False):
         self.samples = list(samples)
         self.transform = transform
+        self.max_pixels = max_pixels
+        self.skip_bad = skip_bad
+        self._warned: set[str] = set()  # per process: each DataLoader worker warns on its own
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         sample = self.samples[index]
         try:
-            image = load_rgb(sample.path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise ImageDecodeError(
-                f"cannot read image {sample.path}: {error}. Fix or remove this file and run again."
-            ) from error
+            image = load_rgb(sample.path, self.max_pixels)
+        except BadImageError as error:
+            if not self.skip_bad:
+                raise ImageDecodeError(
+                    f"cannot read image {error}. Fix or remove this file and run again "
+                    "(or pass data.on_bad_image=skip)."
+                ) from error
+            if sample.path not in self._warned:
+                self._warned.add(sample.path)
+                log.warning("skipping bad image %s", error)
+            return None
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label
+
+
+def collate_skipping_bad(batch: list[tuple[torch.Tensor, int] | None]):
+    """Batch the samples that decoded; None when none did (the LightningModule steps skip it).
+
+    Dropping rather than substituting keeps val/test metrics honest: only real images are counted.
+    """
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None

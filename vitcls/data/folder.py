@@ -6,6 +6,8 @@ Accepted layouts (split folder names are matched case-insensitively):
     root/<class>/*                       (train/val/test are carved out deterministically)
 
 Hidden files and folders are skipped silently; other files that are not images are counted as ignored.
+Symbolic links are followed while they stay inside the root; one that leads outside is a bad file
+(a data folder should not pull in files from elsewhere on the machine).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ClassFolders:
     directory: Path
     files: dict[str, list[str]] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    outside_root: list[str] = field(default_factory=list)  # symlinks that resolve outside the root
 
     @property
     def class_names(self) -> list[str]:
@@ -73,6 +76,27 @@ class FolderScan:
     def num_ignored(self) -> int:
         return sum(len(folders.ignored) for folders in self.splits.values())
 
+    @property
+    def outside_root(self) -> list[str]:
+        return [path for folders in self.splits.values() for path in folders.outside_root]
+
+    def all_files(self) -> list[str]:
+        return [path for folders in self.splits.values() for files in folders.files.values() for path in files]
+
+    def empty_classes(self) -> dict[str, list[str]]:
+        """{split: [class folders without any image]} for the splits that have some."""
+        return {split: folders.empty_classes for split, folders in self.splits.items() if folders.empty_classes}
+
+    def drop_files(self, paths: set[str]) -> None:
+        for folders in self.splits.values():
+            for name, files in folders.files.items():
+                folders.files[name] = [path for path in files if path not in paths]
+
+    def drop_classes(self, names: set[str]) -> None:
+        for folders in self.splits.values():
+            for name in names:
+                folders.files.pop(name, None)
+
     def samples(self, split: str) -> list[Sample]:
         index = {name: i for i, name in enumerate(self.class_names)}
         folders = self.splits[split]
@@ -89,24 +113,45 @@ def _visible_entries(directory: Path) -> list[os.DirEntry]:
         return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _image_files_under(directory: Path, ignored: list[str]) -> list[str]:
+def _inside(path: str, real_root: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), real_root]) == real_root
+
+
+def _image_files_under(directory: Path, folders: ClassFolders, real_root: str) -> list[str]:
     """All image files below a class folder (nested folders included), sorted for determinism."""
     found = []
+    visited = set()
     for current, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        visited.add(os.path.realpath(current))
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(current, name)
+            if not _inside(path, real_root):
+                folders.outside_root.append(path)
+            elif os.path.realpath(path) not in visited:  # a symlink loop would never end
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = os.path.join(current, name)
-            (found if is_image_file(name) else ignored).append(path)
+            if not is_image_file(name):
+                folders.ignored.append(path)
+            elif not _inside(path, real_root):
+                folders.outside_root.append(path)
+            else:
+                found.append(path)
     return found
 
 
-def scan_class_folders(directory: Path) -> ClassFolders:
+def scan_class_folders(directory: Path, root: Path | None = None) -> ClassFolders:
     folders = ClassFolders(directory)
+    real_root = os.path.realpath(root if root is not None else directory)
     for entry in _visible_entries(directory):
-        if entry.is_dir():
-            folders.files[entry.name] = _image_files_under(Path(entry.path), folders.ignored)
+        if not _inside(entry.path, real_root):
+            folders.outside_root.append(entry.path)
+        elif entry.is_dir():
+            folders.files[entry.name] = _image_files_under(Path(entry.path), folders, real_root)
         else:
             folders.ignored.append(entry.path)
     return folders
@@ -145,8 +190,9 @@ def _check_same_classes(scan: FolderScan) -> None:
             )
 
 
-def scan_folder(root: str | Path) -> FolderScan:
-    """Scan data.root and validate that it is a labelled image folder; raises DatasetLayoutError."""
+def read_folder(root: str | Path) -> FolderScan:
+    """List data.root split by split and class by class; raises DatasetLayoutError when there is no
+    train split to read. Empty or mismatched class folders are left for `validate_scan` to judge."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetLayoutError(f"data.root does not exist: {root.resolve()}\n{EXPECTED_LAYOUT}")
@@ -161,8 +207,11 @@ def scan_folder(root: str | Path) -> FolderScan:
         )
     if not split_dirs:
         split_dirs = {"train": root}
-    scan = FolderScan(root, {split: scan_class_folders(path) for split, path in split_dirs.items()})
+    return FolderScan(root, {split: scan_class_folders(path, root) for split, path in split_dirs.items()})
 
+
+def validate_scan(scan: FolderScan) -> FolderScan:
+    """Every split has the same (at least two) class folders, none of them empty."""
     train = scan.splits["train"]
     if not train.files or not any(train.files.values()):
         raise DatasetLayoutError(f"no class folders with images found in {train.directory.resolve()}\n{EXPECTED_LAYOUT}")
@@ -181,3 +230,8 @@ def scan_folder(root: str | Path) -> FolderScan:
         )
     _check_same_classes(scan)
     return scan
+
+
+def scan_folder(root: str | Path) -> FolderScan:
+    """Scan data.root and validate that it is a labelled image folder; raises DatasetLayoutError."""
+    return validate_scan(read_folder(root))

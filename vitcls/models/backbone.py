@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -83,7 +84,14 @@ def create_backbone(
         if not path.is_file():
             raise ConfigError(f"model.weights file not found: {path.resolve()}")
         overlay = dict(file=str(path.resolve()), num_classes=-1)
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        try:  # timm reads the file with torch.load(weights_only=True): pickled code is refused too
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(
+                f"model.weights={path.resolve()} does not load into model.name={name!r}: {reason}. Use a timm "
+                "state dict (.safetensors/.pth) of the same architecture, from a source you trust."
+            ) from error
 
     if pretrained and not _pretrained_in_cache(name) and not _hub_reachable():
         raise PretrainedWeightsUnavailable(

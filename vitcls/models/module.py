@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from vitcls.checkpoints import load_checkpoint
 from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.metrics import classification_metrics, confusion_matrix_metric
@@ -97,17 +98,17 @@ class ImageClassifier(L.LightningModule):
         return self
 
     # --- steps -------------------------------------------------------------------------------
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    # A batch is None when every image in it went bad during the run (data.on_bad_image=skip).
+    def training_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:
+            return None
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                "lower optim.lr or check the data."
-            )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
-        self._update_and_log_metrics("train", logits.detach(), targets)
+        # A non-finite loss is vitcls.guards.NonFiniteLossGuard's to stop or skip; it is not logged.
+        if torch.isfinite(loss):
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+            self._update_and_log_metrics("train", logits.detach(), targets)
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -126,10 +127,13 @@ class ImageClassifier(L.LightningModule):
         for name, metric in collection.items():
             self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name in PROGRESS_BAR_METRICS)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluation_step("val", batch)
+    def validation_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
+        if batch is not None:
+            self._evaluation_step("val", batch)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
         logits = self._evaluation_step("test", batch)
         self.test_predictions.append(logits.softmax(dim=-1).cpu())
 
@@ -170,10 +174,7 @@ def load_classifier(checkpoint_path: str | Path, map_location: str | torch.devic
 
     Returns the module (eval mode) and the raw checkpoint dict.
     """
-    path = Path(checkpoint_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: checkpoint not found: {path.resolve()}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(checkpoint_path, "ckpt_path", map_location)
     hparams = dict(checkpoint["hyper_parameters"])
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}
     module = ImageClassifier(**hparams)

@@ -60,7 +60,7 @@ def record_failure(run_dir: Path, error: Exception) -> Path:
         {
             "error_type": type(error).__name__,
             "message": str(error),
-            "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+            "overrides": list(HydraConfig.get().overrides.task),
             "traceback": traceback.format_exception(type(error), error, error.__traceback__),
         },
     )

@@ -11,7 +11,6 @@ import argparse
 import csv
 import io
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,13 +18,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vitcls.cli import FAILURE_FILE
 from vitcls.errors import ConfigError, VitclsError
 from vitcls.reports import save_comparison_chart, write_text_atomic
 
-log = logging.getLogger(__name__)
-
 SUMMARY_FILE = "summary.json"
-FAILURE_FILE = "FAILED.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 _ERROR_CHARS = 120
 

@@ -109,9 +109,11 @@ def test_two_by_two_sweep_gives_four_jobs_four_wandb_runs_and_a_comparison(
         assert table["columns"] == ["image", "path", "true_label", "pred_label", "score", "correct"]
         assert len(table["data"]) == summaries[job]["num_samples"]["test"] == 15
         for image, path, true_label, pred_label, score, correct in table["data"]:
-            assert image["_type"] == "image-file" and max(image["width"], image["height"]) <= 64
+            assert image == "Image"
             assert Path(path).parent.name == true_label
             assert 0.0 < score <= 1.0 and correct == (true_label == pred_label)
+        images = [p for p in run.artifact_files("testpredictions") if p.startswith("media/images/")]
+        assert len(images) == 15  # one thumbnail per row (the images differ: no deduplication)
         accuracy = sum(row[5] for row in table["data"]) / len(table["data"])
         assert accuracy == pytest.approx(summaries[job]["test"]["acc"], abs=1e-6)
 

@@ -15,14 +15,23 @@ class OfflineRun:
     run: dict
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    artifacts: list[dict] = field(default_factory=list)
     exit_code: int | None = None
 
     @property
     def metric_keys(self) -> set[str]:
         return {key for item in self.history for key in item if not key.startswith("_")}
 
+    def artifact_files(self, name_part: str) -> list[str]:
+        """Paths inside the (first) artifact whose name contains `name_part`, e.g. a table's images."""
+        artifact = next(a for a in self.artifacts if name_part in a["name"])
+        return [entry["path"] for entry in artifact["manifest"]["contents"]]
+
     def table(self, key: str) -> dict:
-        """The logged wandb.Table `key` (e.g. test/predictions), from its file under files/media."""
+        """The logged wandb.Table `key` (e.g. test/predictions), from its file under files/media.
+
+        Media cells (wandb.Image) read "Image" there: the images are in the table's artifact.
+        """
         path = next(item[f"{key}.path"] for item in self.history if f"{key}.path" in item)
         return json.loads((self.directory / "files" / path).read_text())
 
@@ -45,6 +54,8 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             result.config.update(record["config"].get("update", {}))
         elif record["type"] == "history":
             result.history.append(record["history"]["item"])
+        elif record["type"] == "artifact":
+            result.artifacts.append(record["artifact"])
         elif record["type"] == "exit":
             result.exit_code = record["exit"].get("exit_code", 0)
     return result

@@ -72,6 +72,7 @@ def _multirun_group_and_name() -> tuple[str | None, str | None]:
     """(sweep directory, the swept overrides of this job) inside a Hydra multirun, else (None, None)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -82,7 +83,7 @@ def _multirun_group_and_name() -> tuple[str | None, str | None]:
     command_line = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
     try:
         swept = {o.key_or_group for o in parser.parse_overrides(command_line) if o.is_sweep_override()}
-    except Exception:  # another launcher's argv: fall back to every override of the job
+    except OverrideParseException:  # another launcher's argv: name the job by all its overrides
         swept = None
     swept_params = (hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None) or {}
     job_overrides = list(hydra_cfg.overrides.task)

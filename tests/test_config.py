@@ -64,6 +64,8 @@ def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=wandb"])
     loggers = instantiate_dict_group(cfg.logger)
-    wandb_logger = next(lg for lg in loggers if type(lg).__name__ == "WandbLogger")
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_logger = next(lg for lg in loggers if isinstance(lg, WandbLogger))
     assert wandb_logger._offline is True
     assert any(type(lg).__name__ == "CSVLogger" for lg in loggers)

@@ -22,6 +22,7 @@ from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
 from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_atomic
+from vitcls.tracking import log_run_config, log_test_results
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     params = module.parameter_counts
     for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
         logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
+    log_run_config(trainer.loggers, cfg)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     best_path, best_epoch, best_score = best_checkpoint(trainer)
@@ -123,6 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             title="test confusion matrix",
         )
         summary["paths"].update({f"test_confusion_matrix_{k}": str(v) for k, v in files.items()})
+        log_test_results(trainer.loggers, module, datamodule, files["png"])
         metrics_csv = output_dir / "metrics.csv"
         if metrics_csv.exists():
             summary["paths"]["metrics_csv"] = str(metrics_csv)

@@ -1,0 +1,238 @@
+"""Hydra multirun sweeps on CPU: one run directory per job, failures recorded, W&B runs per job, comparison."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, FAST_OVERRIDES, REPO_ROOT, compose_config
+from omegaconf import OmegaConf
+from wandb_records import offline_runs
+
+TINY = [
+    *FAST_OVERRIDES,
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+
+
+def run_script(*args, expect_rc=0):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200
+    )
+    assert result.returncode == expect_rc, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_two_by_two_sweep_gives_four_jobs_four_wandb_runs_and_a_comparison(
+    image_folder_factory, tmp_path, wandb_offline
+):
+    root = image_folder_factory({"a": 5, "b": 5, "c": 5})
+    sweep = tmp_path / "sweep"
+    run_script(
+        "train.py",
+        "-m",
+        f"data.root={root}",
+        "head=linear,mlp",
+        "head.dropout=0.0,0.1",
+        "logger=wandb",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    )
+
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in jobs}
+    expected_names = {
+        "0": "head=linear,head.dropout=0.0",
+        "1": "head=linear,head.dropout=0.1",
+        "2": "head=mlp,head.dropout=0.0",
+        "3": "head=mlp,head.dropout=0.1",
+    }
+
+    # W&B: one finished run per job, all in the sweep's group, named after what differs
+    runs = {run.directory.parents[1].name: run for run in offline_runs(sweep)}
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    assert len({run.run["run_id"] for run in runs.values()}) == 4
+    for job, run in runs.items():
+        assert run.run["run_group"] == str(sweep)
+        assert run.run["display_name"] == expected_names[job]
+        assert run.exit_code == 0
+        assert run.run["run_id"] == (sweep / job / "wandb_run_id").read_text().strip()
+        head, dropout = expected_names[job].split(",")
+        target = {"head=linear": "vitcls.models.heads.LinearHead", "head=mlp": "vitcls.models.heads.MLPHead"}[
+            head
+        ]
+        assert run.config["head._target_"] == target
+        assert run.config["head.dropout"] == float(dropout.split("=")[1])
+        assert run.config["optim.lr"] == pytest.approx(2e-4)
+        assert run.config["model.name"] == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+        assert ("head.hidden_dims" in run.config) == (head == "head=mlp")
+        assert {"train/loss_epoch", "val/acc", "val/f1_macro", "test/acc", "test/f1_macro"} <= run.metric_keys
+        assert run.history[-1]["test/confusion_matrix_image._type"] == "image-file"
+        assert "_wandb.visualize.test/confusion_matrix" in run.config
+
+        # the confusion matrix table holds the counts of test_confusion_matrix.csv
+        counts = {
+            (row["true\\pred"], predicted): int(count)
+            for row in read_csv(sweep / job / "test_confusion_matrix.csv")
+            for predicted, count in row.items()
+            if predicted != "true\\pred"
+        }
+        cells = run.table("test/confusion_matrix_table")
+        assert {(actual, predicted): count for actual, predicted, count in cells["data"]} == counts
+
+        # predictions table: one row per test image (15 < 64), with thumbnail, labels and score
+        table = run.table("test/predictions")
+        assert table["columns"] == ["image", "path", "true_label", "pred_label", "score", "correct"]
+        assert len(table["data"]) == summaries[job]["num_samples"]["test"] == 15
+        for image, path, true_label, pred_label, score, correct in table["data"]:
+            assert image == "Image"
+            assert Path(path).parent.name == true_label
+            assert 0.0 < score <= 1.0 and correct == (true_label == pred_label)
+        images = [p for p in run.artifact_files("testpredictions") if p.startswith("media/images/")]
+        assert len(images) == 15  # one thumbnail per row (the images differ: no deduplication)
+        accuracy = sum(row[5] for row in table["data"]) / len(table["data"])
+        assert accuracy == pytest.approx(summaries[job]["test"]["acc"], abs=1e-6)
+
+    # offline comparison: one row per job, sorted by the metric, the varied settings as columns
+    result = run_script("-m", "vitcls.compare", str(sweep), "--metric", "loss")
+    rows = read_csv(sweep / "compare.csv")
+    assert [row["job"] for row in rows] == sorted(summaries, key=lambda job: summaries[job]["test"]["loss"])
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4"]
+    assert {(row["head"], row["head.dropout"]) for row in rows} == {
+        ("linear", "0.0"),
+        ("linear", "0.1"),
+        ("mlp", "0.0"),
+        ("mlp", "0.1"),
+    }
+    assert "data.root" not in rows[0]  # the same in every job
+    for row in rows:
+        assert float(row["acc"]) == pytest.approx(summaries[row["job"]]["test"]["acc"], abs=1e-4)
+    markdown_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(markdown_rows) == 1 + 1 + 4  # header, separator, four jobs
+    assert (sweep / "compare.png").stat().st_size > 0
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, tmp_path, wandb_offline):
+    root = image_folder_factory({"a": 6, "b": 6})  # two training batches of 4
+    sweep = tmp_path / "sweep"
+    # optim.lr=1e36: after the first optimizer step the activations overflow, so the second training loss is NaN
+    run_script(
+        "train.py",
+        "-m",
+        f"data.root={root}",
+        "optim.lr=1e36,1e-3",
+        "logger=wandb",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    )
+
+    failure = json.loads((sweep / "0" / "FAILED.json").read_text())
+    assert failure["error_type"] == "FloatingPointError"
+    assert "training loss is nan" in failure["message"]
+    assert "optim.lr=1e+36" in failure["overrides"]  # as Hydra writes the swept value
+    assert any("training_step" in frame for frame in failure["traceback"])
+    assert not (sweep / "0" / "summary.json").exists()
+    assert (sweep / "1" / "summary.json").is_file() and not (sweep / "1" / "FAILED.json").exists()
+
+    runs = {run.directory.parents[1].name: run for run in offline_runs(sweep)}
+    assert runs["0"].exit_code == 1 and runs["1"].exit_code == 0
+    assert runs["0"].run["run_id"] != runs["1"].run["run_id"]
+    assert "test/acc" in runs["1"].metric_keys and "test/acc" not in runs["0"].metric_keys
+
+    result = run_script("-m", "vitcls.compare", str(sweep))
+    rows = read_csv(sweep / "compare.csv")
+    assert [(row["job"], row["status"], float(row["optim.lr"])) for row in rows] == [
+        ("1", "ok", 1e-3),
+        ("0", "failed", 1e36),
+    ]
+    assert rows[1]["f1_macro"] == "" and rows[1]["error"].startswith(
+        "FloatingPointError: training loss is nan"
+    )
+    assert "| failed |" in result.stdout
+
+
+def test_without_continue_on_failure_the_sweep_stops_at_the_first_failure(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py",
+        "-m",
+        f"data.root={tmp_path / 'missing_a'},{tmp_path / 'missing_b'}",
+        "continue_on_failure=false",
+        f"hydra.sweep.dir={sweep}",
+        expect_rc=2,
+    )
+    assert "missing_a" in result.stdout + result.stderr
+    assert json.loads((sweep / "0" / "FAILED.json").read_text())["error_type"] == "DatasetLayoutError"
+    assert not (sweep / "1").exists()
+
+
+def test_a_single_run_that_fails_exits_non_zero_and_leaves_a_marker(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={run_dir}", expect_rc=2
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    failure = json.loads((run_dir / "FAILED.json").read_text())
+    assert failure["error_type"] == "DatasetLayoutError" and str(tmp_path / "missing") in failure["message"]
+
+
+def test_every_job_of_the_head_sweep_experiment_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        params = compose("train", ["experiment=head_sweep"], return_hydra_config=True).hydra.sweeper.params
+    assert set(params) >= {"head", "head.dropout"}
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    choices = [[f"{o.key_or_group}={value}" for value in o.sweep_string_iterator()] for o in overrides]
+    jobs = list(itertools.product(*choices))
+    assert len(jobs) == 8
+    for job in jobs:
+        cfg = compose_config("train", ["experiment=head_sweep", f"paths.output_dir={tmp_path}", *job])
+        assert cfg.data.root.endswith("fruits360-10") and cfg.head._target_.startswith("vitcls.models.heads.")
+
+
+def test_the_wandb_sweep_example_passes_valid_overrides_to_train_py(tmp_path):
+    """What `wandb agent` runs for the corners of the search space composes into the values it chose."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
+
+    sweep = load_sweep_config(str(REPO_ROOT / "sweeps" / "wandb_head_search.yaml"))
+    assert sweep["program"] == "train.py" and sweep["metric"]["name"] == "val/f1_macro"
+    fixed = [arg for arg in sweep["command"] if not arg.startswith("${")]
+    parameters = sweep["parameters"]
+    for corner in (0, -1):
+        chosen = {
+            name: spec["values"][corner] if "values" in spec else spec["max" if corner else "min"]
+            for name, spec in parameters.items()
+        }
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in chosen.items()}})[
+            "args_no_hyphens"
+        ]
+        cfg = compose_config("train", [*fixed, *args, f"paths.output_dir={tmp_path}"])
+        for name, value in chosen.items():
+            assert OmegaConf.select(cfg, name) == value, name
+    assert "logger=wandb" in fixed

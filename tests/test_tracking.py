@@ -1,0 +1,80 @@
+"""W&B never blocks or fails a run: offline without a key or a server; a resumed run keeps its W&B run."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import FAST_OVERRIDES, compose_config
+from wandb_records import offline_runs
+
+from vitcls.tracking import RUN_ID_FILE, create_wandb_logger, finish_wandb
+from vitcls.train import run
+
+
+@pytest.fixture
+def wandb_env(monkeypatch, tmp_path):
+    """No W&B credentials anywhere, no mode chosen: what a fresh machine looks like."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(
+        "WANDB_MODE", ""
+    )  # Lightning sets it to dryrun for offline loggers: restored afterwards
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    yield monkeypatch
+    finish_wandb(exit_code=0)
+
+
+def test_without_an_api_key_the_run_is_written_offline(wandb_env, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="vitcls.tracking"):
+        # log_model=True online-only: Lightning refuses it offline, vitcls drops it with a warning instead
+        logger = create_wandb_logger(project="vitcls-test", save_dir=str(tmp_path), log_model=True)
+    assert "no W&B API key found: logging W&B offline" in caplog.text
+    assert "checkpoints are not logged as artifacts" in caplog.text
+    assert logger.experiment.offline
+    assert logger.experiment.id == (tmp_path / RUN_ID_FILE).read_text().strip()
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{logger.experiment.id}"))
+
+
+def test_with_a_key_but_no_reachable_server_the_run_is_written_offline(wandb_env, tmp_path, caplog):
+    wandb_env.setenv("WANDB_API_KEY", "0" * 40)
+    wandb_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with caplog.at_level(logging.WARNING, logger="vitcls.tracking"):
+        logger = create_wandb_logger(project="vitcls-test", save_dir=str(tmp_path))
+    assert "the W&B server is not reachable: logging W&B offline" in caplog.text
+    assert logger.experiment.offline
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_resumed_run_continues_the_same_wandb_run(wandb_env, image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 4, "b": 4})
+    run_dir = tmp_path / "run"
+    common = [
+        f"paths.output_dir={run_dir}",
+        *FAST_OVERRIDES,
+        f"data.root={root}",
+        "logger=wandb",
+        "data.batch_size=4",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+    ]
+    run(compose_config("train", [*common, "trainer.max_epochs=1"]))
+    finish_wandb(exit_code=0)
+    first_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    run(
+        compose_config(
+            "train", [*common, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+        )
+    )
+    finish_wandb(exit_code=0)
+
+    first, second = offline_runs(run_dir)
+    assert first.run["run_id"] == second.run["run_id"] == first_id
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == first_id
+    assert [item["epoch"] for item in first.history if "val/acc" in item] == [0]
+    assert [item["epoch"] for item in second.history if "val/acc" in item] == [1]  # continued, not restarted

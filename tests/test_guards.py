@@ -53,7 +53,7 @@ def test_skip_leaves_the_weights_untouched_by_non_finite_batches(image_folder_fa
             "[-1]",
             "trainer.max_epochs=1",
             "callbacks.nonfinite_loss.action=skip",
-            "model.freeze=true",
+            "model.train_blocks=none",
         )
     assert caplog.text.count("skipping this update") == summary["global_steps"] == 3
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF_DIR, FAST_OVERRIDES, REPO_ROOT, compose_config
 from omegaconf import OmegaConf
 from wandb_records import offline_runs
+
+from vitcls.train import build_module
 
 TINY = [
     *FAST_OVERRIDES,
@@ -206,14 +209,16 @@ def test_every_job_of_the_head_sweep_experiment_composes(tmp_path):
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         params = compose("train", ["experiment=head_sweep"], return_hydra_config=True).hydra.sweeper.params
-    assert set(params) >= {"head", "head.dropout"}
+    assert set(params) >= {"head", "model.train_blocks"}
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     choices = [[f"{o.key_or_group}={value}" for value in o.sweep_string_iterator()] for o in overrides]
     jobs = list(itertools.product(*choices))
     assert len(jobs) == 8
     for job in jobs:
-        cfg = compose_config("train", ["experiment=head_sweep", f"paths.output_dir={tmp_path}", *job])
-        assert cfg.data.root.endswith("fruits360-10") and cfg.head._target_.startswith("vitcls.models.heads.")
+        cfg = compose_config("train", ["experiment=head_sweep", f"paths.output_dir={tmp_path}", *job,
+                                       "model.pretrained=false", "model.img_size=32", "+model.depth=2"])
+        assert cfg.data.root.endswith("fruits360-10")
+        assert build_module(cfg, class_names=["a", "b", "c"]).eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 
 def test_the_wandb_sweep_example_passes_valid_overrides_to_train_py(tmp_path):

@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
             "trainer.max_epochs=2",
             "head=mlp",
             "export.enabled=true",
+            "data.crop_pct=1.0",
         ],
     )
     summary = run(cfg)
@@ -85,7 +86,8 @@ def test_training_writes_a_self_contained_export_directory(trained):
     assert config["model"]["head"] == checkpoint["hyper_parameters"]["head"]
     assert config["timm_model"] == checkpoint["hyper_parameters"]["backbone"]["name"]
     assert config["preprocessing"]["input_size"] == [3, 32, 32]
-    assert {"mean", "std", "interpolation", "crop_pct"} <= set(config["preprocessing"])
+    assert {"mean", "std", "interpolation"} <= set(config["preprocessing"])
+    assert config["preprocessing"]["crop_pct"] == 1.0  # the run's data.crop_pct, not the backbone's 0.9
     # only backbone and head tensors, exactly those of the checkpoint
     tensors = load_file(export / "model.safetensors")
     assert set(tensors) == set(checkpoint["state_dict"])
@@ -173,7 +175,9 @@ def test_top_k_is_sorted_and_scores_sum_to_one_over_all_classes(trained):
     # the probabilities are the softmax of the checkpoint's logits on eval.py's preprocessing
     module, _ = load_classifier(trained["ckpt"])
     with torch.inference_mode():
-        expected = module(build_eval_transform(module.data_config)(load_rgb(path))[None]).softmax(-1)[0]
+        expected = module(
+            build_eval_transform({**module.data_config, "crop_pct": 1.0})(load_rgb(path))[None]
+        ).softmax(-1)[0]
     assert {p["label"]: p["score"] for p in everything} == pytest.approx(
         dict(zip(module.class_names, expected.tolist(), strict=True)), abs=1e-6
     )

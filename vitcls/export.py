@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import vitcls
+from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import scan_folder
 from vitcls.data.images import load_rgb
 from vitcls.data.transforms import build_eval_transform
@@ -80,9 +81,12 @@ def inference_state_dict(module: ImageClassifier) -> dict[str, Tensor]:
 def effective_data_config(
     module: ImageClassifier, datamodule_hparams: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The preprocessing eval.py applies: the backbone's, with the run's crop_pct/interpolation overrides."""
-    overrides = {k: (datamodule_hparams or {}).get(k) for k in ("crop_pct", "interpolation")}
-    return {**module.data_config, **{k: v for k, v in overrides.items() if v is not None}}
+    """The preprocessing eval.py applies: the backbone's, as the run's data module adjusts it."""
+    if not datamodule_hparams:
+        return dict(module.data_config)
+    datamodule = ImageFolderDataModule(**datamodule_hparams)
+    datamodule.set_data_config(module.data_config)
+    return datamodule.data_config
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

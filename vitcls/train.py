@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config_checks import check_run_dir, check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.export import export_checkpoint
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
@@ -129,6 +130,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics_csv = output_dir / "metrics.csv"
         if metrics_csv.exists():
             summary["paths"]["metrics_csv"] = str(metrics_csv)
+        export = cfg.get("export")
+        if export and export.enabled and best_path:
+            summary["paths"]["export_dir"] = str(
+                export_checkpoint(best_path, export.dir, onnx=export.onnx, summary=summary)
+            )
         write_json_atomic(output_dir / "summary.json", summary)
         log.info("test metrics: %s", summary["test"])
         log.info("run directory: %s", output_dir)

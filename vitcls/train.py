@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.data.feature_cache import build_feature_datamodule
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
@@ -23,9 +24,14 @@ from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_
 log = logging.getLogger(__name__)
 
 
+# Settings of the data group that vitcls.train acts on, not arguments of the DataModule.
+FEATURE_CACHE_SETTINGS = ("feature_cache", "feature_cache_dir")
+
+
 def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
     """Instantiate, materialise (demo/download sources) and validate the folder: no model needed yet."""
-    datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
+    settings = {k: v for k, v in to_plain(data_cfg).items() if k not in FEATURE_CACHE_SETTINGS}
+    datamodule = hydra.utils.instantiate(settings, _convert_="all")
     datamodule.prepare_data()
     datamodule.scan()
     return datamodule
@@ -83,9 +89,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    batches = datamodule
+    if cfg.data.get("feature_cache"):
+        batches = build_feature_datamodule(datamodule, module, trainer, cfg.data.feature_cache_dir)
+        module.inputs_are_features = True
+    trainer.fit(module, datamodule=batches, ckpt_path=cfg.get("ckpt_path"))
     best_path, best_epoch, best_score = best_checkpoint(trainer)
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True)[0]
+    test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True)[0]
 
     summary = {
         "class_names": datamodule.class_names,

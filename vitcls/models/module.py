@@ -63,10 +63,19 @@ class ImageClassifier(L.LightningModule):
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
         self.test_predictions: list[Tensor] = []
+        # True when the batches hold `features(images)` from a feature cache (set by vitcls.train).
+        self.inputs_are_features = False
 
     # --- forward -----------------------------------------------------------------------------
+    def features(self, images: Tensor) -> Tensor:
+        """What the head consumes: `forward(images) == head(features(images))`."""
+        return self.backbone(images)
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.features(images))
+
+    def _logits(self, inputs: Tensor) -> Tensor:
+        return self.head(inputs) if self.inputs_are_features else self(inputs)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -76,8 +85,8 @@ class ImageClassifier(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, targets = batch
-        logits = self(images)
+        inputs, targets = batch
+        logits = self._logits(inputs)
         loss = self.criterion(logits, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -89,8 +98,8 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
-        images, targets = batch
-        logits = self(images)
+        inputs, targets = batch
+        logits = self._logits(inputs)
         self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True,
                  batch_size=len(targets))
         self._update_and_log_metrics(split, logits, targets)
@@ -126,8 +135,8 @@ class ImageClassifier(L.LightningModule):
         self._store_confusion("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(images).softmax(dim=-1)
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self._logits(inputs).softmax(dim=-1)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -84,17 +84,28 @@ def test_cache_round_trip(tmp_path):
 
 
 def train(tmp_path, name, root, *overrides):
-    cfg = compose_config("train", [
-        f"paths.output_dir={tmp_path / name}", *FAST_OVERRIDES, f"data.root={root}", "data.batch_size=8",
-        "trainer.max_epochs=2", "head=mlp", "head.dropout=0.2", f"data.feature_cache_dir={tmp_path / 'cache'}",
-        *overrides,
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={tmp_path / name}",
+            *FAST_OVERRIDES,
+            f"data.root={root}",
+            "data.batch_size=8",
+            "trainer.max_epochs=2",
+            "head=mlp",
+            "head.dropout=0.2",
+            f"data.feature_cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ],
+    )
     return run(cfg)
 
 
 def test_cached_run_equals_the_uncached_frozen_run(image_folder_factory, tmp_path):
-    root = image_folder_factory({"red": 12, "green": 12, "blue": 12},
-                                colours={"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)})
+    root = image_folder_factory(
+        {"red": 12, "green": 12, "blue": 12},
+        colours={"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)},
+    )
     uncached = train(tmp_path, "uncached", root, "model.freeze=true")
     cached = train(tmp_path, "cached", root, "model.freeze=true", "data.feature_cache=true")
     entries = sorted((tmp_path / "cache").glob("*.safetensors"))
@@ -116,8 +127,12 @@ def test_cached_run_equals_the_uncached_frozen_run(image_folder_factory, tmp_pat
     assert states[1]["datamodule_hyper_parameters"] == states[0]["datamodule_hyper_parameters"]
 
 
-@pytest.mark.parametrize("overrides", [["model.freeze=false"], ["model.freeze=true", "data.train_augment={hflip:0.5}"]])
-def test_feature_cache_needs_a_frozen_backbone_without_augmentation(image_folder_factory, tmp_path, overrides):
+@pytest.mark.parametrize(
+    "overrides", [["model.freeze=false"], ["model.freeze=true", "data.train_augment={hflip:0.5}"]]
+)
+def test_feature_cache_needs_a_frozen_backbone_without_augmentation(
+    image_folder_factory, tmp_path, overrides
+):
     root = image_folder_factory({"a": 4, "b": 4})
     with pytest.raises(ConfigError, match=r"model\.freeze=true.*data\.train_augment"):
         train(tmp_path, "run", root, "data.feature_cache=true", *overrides)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import safetensors.torch
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,8 +75,9 @@ def files_fingerprint(samples: list[Sample], root: Path) -> list[list]:
     return rows
 
 
-def feature_fingerprint(module: torch.nn.Module, transform: Callable, data_config: dict[str, Any],
-                        precision: str) -> dict[str, Any]:
+def feature_fingerprint(
+    module: torch.nn.Module, transform: Callable, data_config: dict[str, Any], precision: str
+) -> dict[str, Any]:
     """Everything except the files that determines `module.features(transform(image))`."""
     hparams = module.hparams
     return {
@@ -115,13 +116,25 @@ class FeatureCache:
         tensors_path, index_path = self.paths(key)
         tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
         write_bytes_atomic(tensors_path, safetensors.torch.save(tensors))
-        write_json_atomic(index_path, {**description, "key": key, "num_samples": len(labels),
-                                       "feature_shape": list(features.shape[1:]), "dtype": str(features.dtype)})
+        write_json_atomic(
+            index_path,
+            {
+                **description,
+                "key": key,
+                "num_samples": len(labels),
+                "feature_shape": list(features.shape[1:]),
+                "dtype": str(features.dtype),
+            },
+        )
 
 
 @torch.no_grad()
-def compute_features(module: torch.nn.Module, loader: DataLoader, device: torch.device,
-                     forward_context: Callable[[], AbstractContextManager] = nullcontext) -> tuple[Tensor, Tensor]:
+def compute_features(
+    module: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    forward_context: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[Tensor, Tensor]:
     """`module.features` over a loader of (images, labels), in eval mode; returns CPU tensors."""
     was_training = module.training
     module.eval()
@@ -167,12 +180,18 @@ class FeatureDataModule(L.LightningDataModule):
 
 def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision: str) -> dict[str, str]:
     """The cache key of each split's features (the DataModule must be set up)."""
-    fingerprint = feature_fingerprint(module, images.datasets["test"].transform, images.data_config, precision)
-    return {split: cache_key(fingerprint, files_fingerprint(images.splits[split], images.root)) for split in SPLITS}
+    fingerprint = feature_fingerprint(
+        module, images.datasets["test"].transform, images.data_config, precision
+    )
+    return {
+        split: cache_key(fingerprint, files_fingerprint(images.splits[split], images.root))
+        for split in SPLITS
+    }
 
 
-def build_feature_datamodule(images: ImageFolderDataModule, module: torch.nn.Module, trainer: L.Trainer,
-                             cache_dir: str | os.PathLike) -> FeatureDataModule:
+def build_feature_datamodule(
+    images: ImageFolderDataModule, module: torch.nn.Module, trainer: L.Trainer, cache_dir: str | os.PathLike
+) -> FeatureDataModule:
     """Load each split's features from `cache_dir`, computing (and storing) the missing ones."""
     check_cacheable(module, images.hparams.train_augment)
     images.setup()
@@ -183,18 +202,30 @@ def build_feature_datamodule(images: ImageFolderDataModule, module: torch.nn.Mod
     for split, key in split_keys(images, module, str(trainer.precision)).items():
         cached = cache.load(key)
         if cached is None:
-            log.info("feature cache: computing the %s features of %d images", split, len(images.datasets[split]))
+            log.info(
+                "feature cache: computing the %s features of %d images", split, len(images.datasets[split])
+            )
             workers = images.hparams.num_workers
             loader = DataLoader(
-                images.datasets[split], batch_size=images.hparams.eval_batch_size or images.hparams.batch_size,
+                images.datasets[split],
+                batch_size=images.hparams.eval_batch_size or images.hparams.batch_size,
                 num_workers=default_num_workers() if workers is None else workers,
             )
             # Forked RNG: the training that follows draws the same random numbers as without a cache.
             with torch.random.fork_rng(devices=[]):
-                cached = compute_features(module.to(device), loader, device, trainer.precision_plugin.forward_context)
+                cached = compute_features(
+                    module.to(device), loader, device, trainer.precision_plugin.forward_context
+                )
             module.to(home)
-            cache.save(key, *cached, {"split": split, "data_root": str(images.root),
-                                         "backbone": module.hparams["backbone"].get("name")})
+            cache.save(
+                key,
+                *cached,
+                {
+                    "split": split,
+                    "data_root": str(images.root),
+                    "backbone": module.hparams["backbone"].get("name"),
+                },
+            )
         else:
             log.info("feature cache: %s features loaded from %s", split, cache.paths(key)[0])
         datasets[split] = TensorDataset(*cached)

@@ -19,17 +19,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 FRUITS_ROOT = Path(os.environ.get("FRUITS360_ROOT", REPO_ROOT.parent / "shared" / "data" / "fruits360-10"))
 TIMM_MODEL = "vit_tiny_patch16_224"
-# ViT-Tiny/16 as Hugging Face transformers spells it (timm: embed_dim 192, depth 12, 3 heads, mlp ratio 4).
-HF_VIT_TINY = {
-    "hidden_size": 192,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 3,
-    "intermediate_size": 768,
-    "patch_size": 16,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-6,
-    "qkv_bias": True,
+# The timm models as Hugging Face transformers' ViTConfig spells them (random init: no weights needed).
+HF_VIT_CONFIGS = {
+    "vit_tiny_patch16_224": {
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 3,
+        "intermediate_size": 768,
+    },
+    "vit_base_patch16_224": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
 }
+HF_VIT_COMMON = {"patch_size": 16, "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True}
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Size:
     test_per_class: int | None
     warmup_steps: int
     measured_steps: int
+    model: str = TIMM_MODEL
+    precision: str = "32-true"  # Lightning's names: 32-true, bf16-mixed
 
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,15 +1,15 @@
 """Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a bare loop.
 
-    python bench/train.py [--quick | --tiny] [--vitcls-override model.compile=true ...]
+    python bench/train.py [--quick | --tiny | --gpu] [--vitcls-override model.compile=true ...]
 
 Same model shape (ViT-Tiny/16, randomly initialised), images (Fruits-360 subset), batch size and
-precision (fp32) in three variants, each in its own process (so peak memories are separate):
+precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in three variants, each in its own process (so peak memories are separate):
   hf      the tutorial's approach: `datasets` imagefolder + `dataset.map(ViTImageProcessor)` up front,
           `ViTForImageClassification` from a `ViTConfig`, `transformers.Trainer`
   bare    a plain PyTorch loop over the timm model, images decoded in 2 DataLoader workers
   vitcls  `python train.py` as a user runs it, timed by bench.timing.LoopTimer
 Images/s are steady state (after warm-up steps). FLOP utilisation = 3 x forward FLOPs (torch's
-FlopCounterMode) x images/s / a measured fp32 matmul peak. Writes bench/results/train.json.
+FlopCounterMode) x images/s / a measured matmul peak of the same precision. Writes bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    HF_VIT_TINY,
+    HF_VIT_COMMON,
+    HF_VIT_CONFIGS,
     REPO_ROOT,
-    TIMM_MODEL,
     Size,
     add_size_arguments,
     pick_size,
@@ -42,27 +42,52 @@ from bench.common import (  # noqa: E402
 FULL = Size("full", 224, 16, None, None, warmup_steps=5, measured_steps=40)
 QUICK = Size("quick", 224, 16, 30, 12, warmup_steps=3, measured_steps=10)
 TINY = Size("tiny", 32, 4, 4, 2, warmup_steps=1, measured_steps=2)
+# vit_base at 224 px, bf16-mixed, batch 64: 40 batches per epoch of Fruits-360-10's train split.
+GPU = Size(
+    "gpu",
+    224,
+    64,
+    None,
+    None,
+    warmup_steps=5,
+    measured_steps=30,
+    model="vit_base_patch16_224",
+    precision="bf16-mixed",
+)
 SEED = 42
 
 
 # --- measurements in the parent process ---------------------------------------------------------
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul on this machine (all torch threads)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(size: Size):
+    return torch.autocast(device().type, dtype=torch.bfloat16, enabled=size.precision == "bf16-mixed")
+
+
+def matmul_peak_gflops(size: Size, repeats: int = 10) -> float:
+    """Best GFLOP/s of an n x n matmul on this machine (all torch threads; bf16 for bf16-mixed runs)."""
+    n = 2048 if device().type == "cpu" else 8192
+    dtype = torch.bfloat16 if size.precision == "bf16-mixed" else torch.float32
+    a, b = (torch.randn(n, n, device=device(), dtype=dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        if device().type == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
 
-def forward_gflops_per_image(img_size: int) -> float:
+def forward_gflops_per_image(size: Size) -> float:
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=10, img_size=img_size).eval()
+    img_size = size.img_size
+    model = timm.create_model(size.model, pretrained=False, num_classes=10, img_size=img_size).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, img_size, img_size))
     return counter.get_total_flops() / 1e9
@@ -76,6 +101,8 @@ class StepClock:
         self.warmup, self.batch_size, self.ends = warmup, batch_size, []
 
     def tick(self) -> None:
+        if device().type == "cuda":
+            torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
 
     def images_per_second(self) -> float:
@@ -115,7 +142,9 @@ def run_hf(root: Path, size: Size, work: Path) -> dict:
 
     labels = dataset["train"].features["label"].names
     torch.manual_seed(SEED)
-    config = ViTConfig(**HF_VIT_TINY, image_size=size.img_size, num_labels=len(labels))
+    config = ViTConfig(
+        **HF_VIT_CONFIGS[size.model], **HF_VIT_COMMON, image_size=size.img_size, num_labels=len(labels)
+    )
     model = ViTForImageClassification(config)
     clock = StepClock(size.warmup_steps, size.batch_size)
 
@@ -135,7 +164,8 @@ def run_hf(root: Path, size: Size, work: Path) -> dict:
         report_to=[],
         logging_steps=10,
         seed=SEED,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=device().type == "cpu",
+        bf16=size.precision == "bf16-mixed",
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=arguments, train_dataset=prepared["train"], callbacks=[Clock()])
@@ -158,8 +188,13 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     from timm.data import create_transform, resolve_model_data_config
     from torchvision.datasets import ImageFolder
 
+    from vitcls.data.datamodule import default_num_workers
+
     torch.manual_seed(SEED)
-    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=10, img_size=size.img_size)
+    model = timm.create_model(size.model, pretrained=False, num_classes=10, img_size=size.img_size).to(
+        device()
+    )
+    workers, pin = default_num_workers(), device().type == "cuda"  # as vitcls picks them
     data_config = {**resolve_model_data_config(model), "input_size": (3, size.img_size, size.img_size)}
     transform = create_transform(**data_config, is_training=False)
     train = ImageFolder(str(root / "train"), transform=transform)
@@ -167,7 +202,8 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
         train,
         batch_size=size.batch_size,
         shuffle=True,
-        num_workers=2,
+        num_workers=workers,
+        pin_memory=pin,
         drop_last=True,
         persistent_workers=True,
     )
@@ -177,7 +213,9 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     model.train()
     while len(clock.ends) < steps:
         for images, targets in loader:
-            loss = torch.nn.functional.cross_entropy(model(images), targets)
+            images, targets = images.to(device(), non_blocking=pin), targets.to(device(), non_blocking=pin)
+            with autocast(size):
+                loss = torch.nn.functional.cross_entropy(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -189,9 +227,11 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     test = torch.utils.data.Subset(test, range(min(len(test), size.batch_size * (size.measured_steps + 1))))
     model.eval()
     ends = []
-    with torch.inference_mode():
-        for images, _ in torch.utils.data.DataLoader(test, batch_size=size.batch_size, num_workers=2):
-            model(images).argmax(dim=1)
+    with torch.inference_mode(), autocast(size):
+        for images, _ in torch.utils.data.DataLoader(
+            test, batch_size=size.batch_size, num_workers=workers, pin_memory=pin
+        ):
+            model(images.to(device(), non_blocking=pin)).argmax(dim=1).cpu()
             ends.append(time.perf_counter())
     eval_ips = (len(test) - size.batch_size) / (ends[-1] - ends[0])  # after the first batch
     return {"train_ips": clock.images_per_second(), "eval_ips": eval_ips}
@@ -203,8 +243,9 @@ def vitcls_command(root: Path, size: Size, work: Path, overrides: list[str]) -> 
         str(REPO_ROOT / "train.py"),
         f"data.root={root}",
         f"hydra.run.dir={work / 'vitcls_run'}",
-        f"model.name={TIMM_MODEL}",
+        f"model.name={size.model}",
         "model.pretrained=false",
+        f"trainer.precision={size.precision}",
         f"model.img_size={size.img_size}",
         f"data.batch_size={size.batch_size}",
         "trainer.max_epochs=1",
@@ -226,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     add_size_arguments(parser)
     parser.add_argument(
+        "--gpu", action="store_true", help="vit_base, 224 px, bf16-mixed, batch 64 (needs CUDA)"
+    )
+    parser.add_argument(
         "--vitcls-override",
         action="append",
         default=[],
@@ -235,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variant", choices=("hf", "bare"), help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    size = pick_size(args, FULL, QUICK, TINY)
+    size = GPU if args.gpu else pick_size(args, FULL, QUICK, TINY)
+    if size is GPU and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
 
     if args.variant:
         from vitcls.reports import write_json_atomic
@@ -247,8 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
         work = Path(tmp)
         root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
-        peak = matmul_peak_gflops()
-        gflops = forward_gflops_per_image(size.img_size)
+        peak = matmul_peak_gflops(size)
+        gflops = forward_gflops_per_image(size)
         size_args = [f"--{size.name}"] if size.name != "full" else []
         runs = {}
         for variant in ("hf", "bare"):
@@ -297,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     path = write_results("train", args.out, size, results)
     print_table(
-        f"training, ViT-Tiny/16 at {size.img_size}px, batch {size.batch_size}, fp32 ({size.name})",
+        f"training, {size.model} at {size.img_size}px, batch {size.batch_size}, {size.precision} ({size.name})",
         [
             (
                 name,

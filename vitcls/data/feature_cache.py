@@ -60,9 +60,9 @@ def state_hash(module: torch.nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and values of every tensor in the state dict."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # Raw bytes of any dtype (numpy has no bfloat16): flatten, then reinterpret as uint8.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

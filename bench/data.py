@@ -76,7 +76,7 @@ def single_process_ips(images, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def loader_ips(images, count: int, workers: int, batch_size: int = 16) -> float:
+def loader_ips(images, count: int, workers: int, batch_size: int) -> float:
     subset = torch.utils.data.Subset(images, range(min(count, len(images))))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=workers)
     seen, start = 0, None
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
         images = dataset(root, size.img_size)
         per_worker = single_process_ips(images, size.images_per_worker_test)
         worker_counts = sorted({1, 2, cpus})
-        with_workers = {n: loader_ips(images, size.images_loader_test, n) for n in worker_counts}
+        with_workers = {
+            n: loader_ips(images, size.images_loader_test, n, training.batch_size) for n in worker_counts
+        }
         run = run_measured(vitcls_command(root, training, work, []), work / "vitcls.log")
         timer = read_json(work / "vitcls.json")
 

@@ -163,8 +163,20 @@ class FeatureDataModule(L.LightningDataModule):
         self.datasets = datasets
 
     def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        # Features are tensors in memory: worker processes would only add start-up and IPC cost.
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+        # The image DataModule's worker settings, although the features are in memory: a DataLoader draws
+        # a seed from the global RNG per iterator, and persistent workers keep one iterator for the whole
+        # fit. Other settings would shift the random stream (shuffling, dropout) away from the uncached run.
+        workers = self.hparams.num_workers
+        if workers is None:
+            workers = default_num_workers(getattr(self.trainer, "num_devices", 1) if self.trainer else 1)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         batch_size = self.hparams.batch_size

@@ -15,7 +15,6 @@ FlopCounterMode) x images/s / a measured matmul peak of the same precision. Writ
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -315,7 +314,6 @@ def main(argv: list[str] | None = None) -> dict:
             }
         command = vitcls_command(root, size, work, args.vitcls_override)
         runs["vitcls"] = {**run_measured(command, work / "vitcls.log"), **read_json(work / "vitcls.json")}
-        shutil.rmtree(work / "vitcls_run", ignore_errors=True)
 
     hf, bare, ours = runs["hf"], runs["bare"], runs["vitcls"]
     results = {

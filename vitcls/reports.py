@@ -58,6 +58,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json_atomic(path: str | Path, data: dict) -> Path:
     text = json.dumps(data, indent=2, sort_keys=False, default=str)  # fails before anything is touched
     return write_text_atomic(path, text + "\n")

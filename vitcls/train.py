@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config_checks import check_run_dir, check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.data.feature_cache import build_feature_datamodule
 from vitcls.export import export_checkpoint
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
@@ -28,9 +29,14 @@ from vitcls.tracking import log_run_config, log_test_results
 log = logging.getLogger(__name__)
 
 
+# Settings of the data group that vitcls.train acts on, not arguments of the DataModule.
+FEATURE_CACHE_SETTINGS = ("feature_cache", "feature_cache_dir")
+
+
 def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
     """Instantiate, materialise (demo/download sources) and validate the folder: no model needed yet."""
-    datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
+    settings = {k: v for k, v in to_plain(data_cfg).items() if k not in FEATURE_CACHE_SETTINGS}
+    datamodule = hydra.utils.instantiate(settings, _convert_="all")
     datamodule.prepare_data()
     datamodule.scan()
     return datamodule
@@ -96,9 +102,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
     log_run_config(trainer.loggers, cfg)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    batches = datamodule
+    if cfg.data.get("feature_cache"):
+        batches = build_feature_datamodule(datamodule, module, trainer, cfg.data.feature_cache_dir)
+        module.inputs_are_features = True
+    trainer.fit(module, datamodule=batches, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     best_path, best_epoch, best_score = best_checkpoint(trainer)
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True,
+    test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True,
                                 weights_only=True)[0]
     skipped = datamodule.skipped_files()
 

@@ -74,6 +74,8 @@ class ImageClassifier(L.LightningModule):
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
         self.test_predictions: list[Tensor] = []
+        # True when the batches hold `features(images)` from a feature cache (set by vitcls.train).
+        self.inputs_are_features = False
 
     # --- forward -----------------------------------------------------------------------------
     def features(self, images: Tensor) -> Tensor:
@@ -91,6 +93,9 @@ class ImageClassifier(L.LightningModule):
         """{"total", "trainable"} over backbone and head."""
         return count_parameters(self)
 
+    def _logits(self, inputs: Tensor) -> Tensor:
+        return self.head(inputs) if self.inputs_are_features else self(inputs)
+
     def train(self, mode: bool = True):
         super().train(mode)
         for part in self.frozen_backbone_parts:
@@ -102,8 +107,8 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> Tensor | None:
         if batch is None:
             return None
-        images, targets = batch
-        logits = self(images)
+        inputs, targets = batch
+        logits = self._logits(inputs)
         loss = self.criterion(logits, targets)
         # A non-finite loss is vitcls.guards.NonFiniteLossGuard's to stop or skip; it is not logged.
         if torch.isfinite(loss):
@@ -112,8 +117,8 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
-        images, targets = batch
-        logits = self(images)
+        inputs, targets = batch
+        logits = self._logits(inputs)
         self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True,
                  batch_size=len(targets))
         self._update_and_log_metrics(split, logits, targets)
@@ -152,8 +157,8 @@ class ImageClassifier(L.LightningModule):
         self._store_confusion("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(images).softmax(dim=-1)
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self._logits(inputs).softmax(dim=-1)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

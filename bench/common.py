@@ -1,0 +1,155 @@
+"""What the bench scripts share: sizes, a subset folder, peak memory of a subprocess, the result file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+FRUITS_ROOT = Path(os.environ.get("FRUITS360_ROOT", REPO_ROOT.parent / "shared" / "data" / "fruits360-10"))
+TIMM_MODEL = "vit_tiny_patch16_224"
+# The timm models as Hugging Face transformers' ViTConfig spells them (random init: no weights needed).
+HF_VIT_CONFIGS = {
+    "vit_tiny_patch16_224": {
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 3,
+        "intermediate_size": 768,
+    },
+    "vit_base_patch16_224": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+}
+HF_VIT_COMMON = {"patch_size": 16, "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True}
+
+
+@dataclass
+class Size:
+    """How much of everything a bench run does; `--quick` and `--tiny` pick smaller ones."""
+
+    name: str
+    img_size: int
+    batch_size: int
+    train_per_class: int | None  # images per class taken from train/ (None: all)
+    test_per_class: int | None
+    warmup_steps: int
+    measured_steps: int
+    model: str = TIMM_MODEL
+    precision: str = "32-true"  # Lightning's names: 32-true, bf16-mixed
+
+
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a small configuration (about a minute or two)")
+    parser.add_argument("--tiny", action="store_true", help="32 px, a few images and steps: a smoke test")
+    parser.add_argument("--data-root", type=Path, default=FRUITS_ROOT, help="ROOT/{train,test}/<class>/*")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where <name>.json is written")
+
+
+def pick_size(args: argparse.Namespace, full, quick, tiny):
+    return tiny if args.tiny else quick if args.quick else full
+
+
+def subset_folder(
+    root: Path, destination: Path, train_per_class: int | None, test_per_class: int | None
+) -> Path:
+    """ROOT/{train,test}/<class>/ with the first N files of each class, as symlinks (nothing copied)."""
+    if train_per_class is None and test_per_class is None:
+        return root
+    for split, limit in (("train", train_per_class), ("test", test_per_class)):
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            target = destination / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for image in sorted(p for p in class_dir.iterdir() if p.is_file())[:limit]:
+                (target / image.name).symlink_to(image.resolve())
+    return destination
+
+
+def _pss(process: psutil.Process) -> int:
+    """Proportional set size: shared pages (torch libraries in forked DataLoader workers) count once."""
+    try:
+        return process.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):  # no /proc/<pid>/smaps_rollup: plain RSS
+        return process.memory_info().rss
+
+
+def run_measured(command: list[str], log_path: Path, env: dict | None = None, poll_s: float = 0.5) -> dict:
+    """Run `command`; return its wall time and peak memory (PSS summed over it and its worker processes)."""
+    started = time.perf_counter()
+    peak = 0
+    with open(log_path, "w") as log:
+        process = psutil.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        while process.poll() is None:
+            try:
+                tree = [process, *process.children(recursive=True)]
+                peak = max(peak, sum(_pss(p) for p in tree))
+            except psutil.Error:
+                pass  # a worker ended between listing and reading
+            time.sleep(poll_s)
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command[:3])}... failed (exit {process.returncode}); see {log_path}:\n"
+            + log_path.read_text()[-3000:]
+        )
+    return {"wall_s": round(time.perf_counter() - started, 2), "peak_mem_mb": round(peak / 2**20, 1)}
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_results(name: str, out_dir: Path, size, results: dict) -> Path:
+    from vitcls.reports import write_json_atomic
+
+    payload = {"bench": name, "size": asdict(size), "machine": machine(), **results}
+    return write_json_atomic(Path(out_dir) / f"{name}.json", payload)
+
+
+def print_table(title: str, rows: list[tuple], header: tuple) -> None:
+    cells = [tuple(str(c) for c in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for index, row in enumerate(cells):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,136 @@
+"""A head-design sweep with and without the feature cache, end to end through vitcls.
+
+    python bench/head_sweep.py [--quick | --tiny]
+
+8 head configurations on a frozen ViT-Tiny/16 (224 px, Fruits-360-10, 3 epochs each), run one after
+another in this process with `vitcls.train.run`, as a Hydra multirun does. Uncached: every run decodes
+and pushes every image through the backbone every epoch. Cached (`data.feature_cache=true`, a fresh
+cache directory): the first run computes each split's features once, the others load them. Reports
+both wall times, the speed-up, and the largest test-metric difference between the two sweeps.
+Writes bench/results/head_sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    REPO_ROOT,
+    TIMM_MODEL,
+    add_size_arguments,
+    pick_size,
+    print_table,
+    subset_folder,
+    write_results,
+)
+
+HEADS = [
+    ["head=linear"],
+    ["head=linear", "head.dropout=0.2"],
+    ["head=mlp", "head.hidden_dims=[256]"],
+    ["head=mlp", "head.hidden_dims=[512]"],
+    ["head=mlp", "head.hidden_dims=[512]", "head.dropout=0.2"],
+    ["head=mlp", "head.hidden_dims=[512,256]"],
+    ["head=mlp", "head.hidden_dims=[512]", "head.norm=layernorm"],
+    ["head=mlp", "head.hidden_dims=[1024]", "head.activation=relu"],
+]
+
+
+@dataclass
+class SweepSize:
+    name: str
+    img_size: int
+    batch_size: int
+    train_per_class: int | None
+    test_per_class: int | None
+    epochs: int
+    runs: int
+
+
+FULL = SweepSize("full", 224, 16, None, None, epochs=3, runs=8)
+QUICK = SweepSize("quick", 224, 16, 10, 4, epochs=3, runs=8)
+TINY = SweepSize("tiny", 32, 4, 3, 2, epochs=1, runs=2)
+
+
+def sweep(root: Path, size: SweepSize, work: Path, cached: bool) -> tuple[float, list[dict]]:
+    from vitcls.train import run
+
+    common = [
+        f"data.root={root}",
+        f"model.name={TIMM_MODEL}",
+        "model.pretrained=false",
+        "model.train_blocks=none",
+        f"model.img_size={size.img_size}",
+        f"data.batch_size={size.batch_size}",
+        f"trainer.max_epochs={size.epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"data.feature_cache={str(cached).lower()}",
+        f"data.feature_cache_dir={work / 'feature_cache'}",
+    ]
+    name = "cached" if cached else "uncached"
+    summaries = []
+    started = time.perf_counter()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        for index, head in enumerate(HEADS[: size.runs]):
+            overrides = [*common, *head, f"paths.output_dir={work / name / str(index)}"]
+            summaries.append(run(compose(config_name="train", overrides=overrides)))
+    return time.perf_counter() - started, summaries
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_size_arguments(parser)
+    args = parser.parse_args(argv)
+    size = pick_size(args, FULL, QUICK, TINY)
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
+        work = Path(tmp)
+        root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
+        uncached_s, uncached = sweep(root, size, work, cached=False)
+        cached_s, cached = sweep(root, size, work, cached=True)
+
+    difference = max(
+        abs(a["test"][k] - b["test"][k]) for a, b in zip(uncached, cached, strict=True) for k in a["test"]
+    )
+    results = {
+        "cached_s": cached_s,
+        "uncached_s": uncached_s,
+        "speedup": uncached_s / cached_s,
+        "max_test_metric_difference": difference,
+        "heads": [" ".join(h) for h in HEADS[: size.runs]],
+        "test_acc": {
+            "uncached": [s["test"]["acc"] for s in uncached],
+            "cached": [s["test"]["acc"] for s in cached],
+        },
+        "num_samples": uncached[0]["num_samples"],
+    }
+    path = write_results("head_sweep", args.out, size, results)
+    print_table(
+        f"head sweep: {size.runs} heads x {size.epochs} epochs, frozen ViT-Tiny/16 at {size.img_size}px ({size.name}, "
+        f"{results['num_samples']})",
+        [
+            ("uncached", f"{uncached_s:.1f}", "1.0x"),
+            ("feature cache", f"{cached_s:.1f}", f"{results['speedup']:.1f}x"),
+        ],
+        ("sweep", "wall s", "speed-up"),
+    )
+    print(f"largest test-metric difference cached vs uncached: {difference:.2e}\n-> {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

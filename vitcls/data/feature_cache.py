@@ -1,0 +1,244 @@
+"""Backbone features computed once per split, stored on disk, and served to head-only training.
+
+With a frozen backbone and no training-time augmentation, what the head sees is a pure function of
+(backbone architecture and weights, feature tap, image size, eval transform, precision, image file).
+`build_feature_datamodule` runs one batched inference pass per split, stores the features under a key
+that fingerprints all of those, and returns a DataModule whose batches are `(features, label)`.
+A later run with the same fingerprint loads them instead: a head sweep pays for the backbone once.
+
+Files are fingerprinted by (path relative to data.root, size, mtime_ns), as make and rsync do:
+a stat per file instead of reading every image, and any rewrite of an image (even `touch`) changes
+its key. Only a replacement keeping both size and mtime would go unnoticed.
+
+Cache layout: `<cache_dir>/<key>.safetensors` (features, labels) and `<key>.json` (what the key
+stands for, written last: an entry without its JSON is incomplete and recomputed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import safetensors.torch
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
+from vitcls.data.folder import Sample
+from vitcls.errors import ConfigError
+from vitcls.reports import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+# Settings of the model config that leave the features of the backbone in eval mode unchanged
+# (weights are fingerprinted by their values instead of by where they came from).
+_NOT_FEATURE_SETTINGS = frozenset({"train_blocks", "bitfit", "pretrained", "weights", "drop_path_rate"})
+
+
+def check_cacheable(module: torch.nn.Module, train_augment: Any) -> None:
+    """Cached features stand in for the backbone only if it never changes and sees fixed inputs."""
+    trainable = any(p.requires_grad for p in module.backbone.parameters())
+    if trainable or train_augment:
+        raise ConfigError(
+            "data.feature_cache=true needs a frozen backbone (model.train_blocks=none) and no training-time "
+            f"augmentation (data.train_augment=null); got a {'trainable' if trainable else 'frozen'} backbone "
+            f"and data.train_augment={train_augment!r}. Switch data.feature_cache off or change those settings."
+        )
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and values of every tensor in the state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # Raw bytes of any dtype (numpy has no bfloat16): flatten, then reinterpret as uint8.
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def files_fingerprint(samples: list[Sample], root: Path) -> list[list]:
+    """[relative path, label, size, mtime_ns] per sample, in split order."""
+    rows = []
+    for sample in samples:
+        stat = os.stat(sample.path)
+        rows.append([os.path.relpath(sample.path, root), sample.label, stat.st_size, stat.st_mtime_ns])
+    return rows
+
+
+def feature_fingerprint(
+    module: torch.nn.Module, transform: Callable, data_config: dict[str, Any], precision: str
+) -> dict[str, Any]:
+    """Everything except the files that determines `module.features(transform(image))`."""
+    hparams = module.hparams
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": {k: v for k, v in dict(hparams["backbone"]).items() if k not in _NOT_FEATURE_SETTINGS},
+        "backbone_state_sha256": state_hash(module.backbone),
+        "feature_tap": {key: dict(hparams["head"]).get(key) for key in ("features", "last_k")},
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "transform": repr(transform),
+        "precision": precision,
+    }
+
+
+def cache_key(fingerprint: dict[str, Any], files: list[list]) -> str:
+    payload = json.dumps({"features": fingerprint, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Feature tensors keyed by fingerprint in one directory (safetensors + a JSON description)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory).expanduser()
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.directory / f"{key}.safetensors", self.directory / f"{key}.json"
+
+    def load(self, key: str) -> tuple[Tensor, Tensor] | None:
+        tensors_path, index_path = self.paths(key)
+        if not (index_path.is_file() and tensors_path.is_file()):
+            return None
+        tensors = safetensors.torch.load_file(tensors_path)
+        return tensors["features"], tensors["labels"]
+
+    def save(self, key: str, features: Tensor, labels: Tensor, description: dict[str, Any]) -> None:
+        tensors_path, index_path = self.paths(key)
+        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        write_bytes_atomic(tensors_path, safetensors.torch.save(tensors))
+        write_json_atomic(
+            index_path,
+            {
+                **description,
+                "key": key,
+                "num_samples": len(labels),
+                "feature_shape": list(features.shape[1:]),
+                "dtype": str(features.dtype),
+            },
+        )
+
+
+@torch.no_grad()
+def compute_features(
+    module: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    forward_context: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[Tensor, Tensor]:
+    """`module.features` over a loader of (images, labels), in eval mode; returns CPU tensors."""
+    was_training = module.training
+    module.eval()
+    features, labels = [], []
+    try:
+        for images, targets in loader:
+            with forward_context():
+                features.append(module.features(images.to(device)).cpu())
+            labels.append(targets)
+    finally:
+        module.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """(features, label) batches with the batch sizes, order and drop rule of the image DataModule.
+
+    Its hyperparameters are the image DataModule's, so checkpoints record the image data settings
+    and eval.py scores them on images.
+    """
+
+    def __init__(self, images: ImageFolderDataModule, datasets: dict[str, TensorDataset]):
+        super().__init__()
+        self.save_hyperparameters(dict(images.hparams))
+        self.images = images
+        self.datasets = datasets
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        # The image DataModule's worker settings, although the features are in memory: a DataLoader draws
+        # a seed from the global RNG per iterator, and persistent workers keep one iterator for the whole
+        # fit. Other settings would shift the random stream (shuffling, dropout) away from the uncached run.
+        workers = self.hparams.num_workers
+        if workers is None:
+            workers = default_num_workers(getattr(self.trainer, "num_devices", 1) if self.trainer else 1)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        batch_size = self.hparams.batch_size
+        drop_last = self.hparams.drop_last and len(self.datasets["train"]) >= batch_size
+        return self._loader("train", batch_size, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+
+
+def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision: str) -> dict[str, str]:
+    """The cache key of each split's features (the DataModule must be set up)."""
+    fingerprint = feature_fingerprint(
+        module, images.datasets["test"].transform, images.data_config, precision
+    )
+    return {
+        split: cache_key(fingerprint, files_fingerprint(images.splits[split], images.root))
+        for split in SPLITS
+    }
+
+
+def build_feature_datamodule(
+    images: ImageFolderDataModule, module: torch.nn.Module, trainer: L.Trainer, cache_dir: str | os.PathLike
+) -> FeatureDataModule:
+    """Load each split's features from `cache_dir`, computing (and storing) the missing ones."""
+    check_cacheable(module, images.hparams.train_augment)
+    images.setup()
+    cache = FeatureCache(cache_dir)
+    device = trainer.strategy.root_device
+    home = next(module.parameters()).device
+    datasets = {}
+    for split, key in split_keys(images, module, str(trainer.precision)).items():
+        cached = cache.load(key)
+        if cached is None:
+            log.info(
+                "feature cache: computing the %s features of %d images", split, len(images.datasets[split])
+            )
+            workers = images.hparams.num_workers
+            loader = DataLoader(
+                images.datasets[split],
+                batch_size=images.hparams.eval_batch_size or images.hparams.batch_size,
+                num_workers=default_num_workers() if workers is None else workers,
+            )
+            # Forked RNG: the training that follows draws the same random numbers as without a cache.
+            with torch.random.fork_rng(devices=[]):
+                cached = compute_features(
+                    module.to(device), loader, device, trainer.precision_plugin.forward_context
+                )
+            module.to(home)
+            cache.save(
+                key,
+                *cached,
+                {
+                    "split": split,
+                    "data_root": str(images.root),
+                    "backbone": module.hparams["backbone"].get("name"),
+                },
+            )
+        else:
+            log.info("feature cache: %s features loaded from %s", split, cache.paths(key)[0])
+        datasets[split] = TensorDataset(*cached)
+    return FeatureDataModule(images, datasets)

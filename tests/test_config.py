@@ -3,6 +3,7 @@
 import hydra.utils
 import pytest
 from conftest import CONF_DIR, FAST_OVERRIDES, compose_config
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from vitcls.instantiate import instantiate_dict_group
@@ -50,10 +51,11 @@ def test_module_builds_from_config_for_each_head(head):
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=tensorboard"])
     callbacks = instantiate_dict_group(cfg.callbacks)
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor"}
+    assert {type(c).__name__ for c in callbacks} == {
+        "ModelCheckpoint", "LearningRateMonitor", "OnExceptionCheckpoint", "RestoreRNGStates"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
-    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]
+    assert [type(lg).__name__ for lg in loggers] == ["ResumableCSVLogger"]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert trainer.max_epochs == 3
 
@@ -66,4 +68,4 @@ def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
     loggers = instantiate_dict_group(cfg.logger)
     wandb_logger = next(lg for lg in loggers if type(lg).__name__ == "WandbLogger")
     assert wandb_logger._offline is True
-    assert any(type(lg).__name__ == "CSVLogger" for lg in loggers)
+    assert any(isinstance(lg, CSVLogger) for lg in loggers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -15,10 +16,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.distributed import batch_layout, ddp_children_join_this_hydra_job
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
+from vitcls.models.optim import scale_lr_with_batch
+from vitcls.precision import use_tensor_cores_for_float32
 from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_atomic
+from vitcls.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +36,13 @@ def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
     return datamodule
 
 
-def build_module(cfg: DictConfig, class_names: list[str]) -> ImageClassifier:
+def build_module(cfg: DictConfig, class_names: list[str], effective_batch_size: int | None = None) -> ImageClassifier:
+    """`effective_batch_size` (default: data.batch_size, one device) for optim.scale_lr_with_batch."""
     return ImageClassifier(
         backbone=to_plain(cfg.model),
         head=to_plain(cfg.head),
         class_names=class_names,
-        optimizer=to_plain(cfg.optim),
+        optimizer=scale_lr_with_batch(to_plain(cfg.optim), effective_batch_size or cfg.data.batch_size),
         scheduler=to_plain(cfg.get("sched")),
         loss=to_plain(cfg.get("loss")),
     )
@@ -69,23 +75,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    use_tensor_cores_for_float32()
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
     datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg, datamodule.class_names)
-    datamodule.set_data_config(module.data_config)
-
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_dict_group(cfg.get("callbacks")),
         logger=instantiate_dict_group(cfg.get("logger")) or False,
         _convert_="all",
     )
+    layout = batch_layout(trainer, datamodule.hparams.batch_size)
+    module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
+    datamodule.set_data_config(module.data_config)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(layout.as_dict())
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best_path, best_epoch, best_score = best_checkpoint(trainer)
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True)[0]
+    with ddp_children_join_this_hydra_job():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        best_path, best_epoch, best_score = best_checkpoint(trainer)
+        test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True)[0]
 
     summary = {
         "class_names": datamodule.class_names,
@@ -98,6 +109,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "ignored_files": datamodule.scan().num_ignored,
         "epochs_trained": trainer.current_epoch,
         "global_steps": trainer.global_step,
+        "world_size": layout.world_size,
+        "effective_batch_size": layout.effective_batch_size,
+        "batch_layout": dataclasses.asdict(layout),
+        "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),
         "paths": {"run_dir": str(output_dir), "config": str(output_dir / "config.yaml")},
     }

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vitcls.data.dataset import ImageFileDataset
 from vitcls.data.folder import FolderScan, Sample, scan_folder
@@ -52,6 +53,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 42,
+        shuffle_seed: int = 42,
         train_augment: dict[str, Any] | None = None,
         crop_pct: float | None = None,
         interpolation: str | None = None,
@@ -140,7 +142,29 @@ class ImageFolderDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _train_sampler(self) -> Sampler:
+        # A DistributedSampler even on one process: the order is a function of (shuffle_seed, epoch) that
+        # Lightning sets through `set_epoch`, so a resumed run sees the same order as an uninterrupted one.
+        # Lightning keeps a DistributedSampler it is given instead of replacing it.
+        world_size, rank = self._replicas()
+        return DistributedSampler(self.datasets["train"], num_replicas=world_size, rank=rank, shuffle=True,
+                                  seed=self.hparams.shuffle_seed)
+
+    def _eval_sampler(self, split: str) -> Sampler | None:
+        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks, rank r
+        # taking dataset indices r, r + world_size, ... (see vitcls.distributed.gather_in_dataset_order).
+        world_size, rank = self._replicas()
+        if world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world_size, rank=rank, shuffle=False)
+
+    def _loader(self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
         if workers is None:
             workers = default_num_workers(self._devices())
@@ -148,7 +172,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
@@ -159,11 +183,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Dropping the ragged last batch (a different one each epoch, as the order is shuffled) avoids
         # a batch of one, which BatchNorm in a head cannot train on; tiny training sets keep it.
         batch_size = self.hparams.batch_size
-        drop_last = self.hparams.drop_last and len(self.datasets["train"]) >= batch_size
-        return self._loader("train", batch_size, shuffle=True, drop_last=drop_last)
+        sampler = self._train_sampler()
+        drop_last = self.hparams.drop_last and len(sampler) >= batch_size
+        return self._loader("train", batch_size, sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("test"))

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vitcls.data.transforms import resolve_data_config
+from vitcls.distributed import gather_in_dataset_order
 from vitcls.errors import ConfigError
 from vitcls.metrics import classification_metrics, confusion_matrix_metric
 from vitcls.models.backbone import create_backbone
@@ -62,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         self.confusion = nn.ModuleDict({f"{split}_split": confusion_matrix_metric(num_classes) for split in ("val", "test")})
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
+        # Softmax rows of the test split; after the test epoch, all ranks' rows in dataset order.
         self.test_predictions: list[Tensor] = []
 
     # --- forward -----------------------------------------------------------------------------
@@ -124,6 +126,8 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._store_confusion("test")
+        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, len(self.class_names))
+        self.test_predictions = [gather_in_dataset_order(self, local)]
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch

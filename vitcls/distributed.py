@@ -1,0 +1,91 @@
+"""Multi-process helpers: batch-size bookkeeping, ordered gathering of predictions, DDP under Hydra multirun."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """`per_device` images per step on each of `devices` x `num_nodes` processes, `accumulate` steps per update."""
+
+    per_device: int
+    devices: int
+    num_nodes: int
+    accumulate: int
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device * self.world_size * self.accumulate
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "world_size": self.world_size, "effective_batch_size": self.effective_batch_size}
+
+
+def batch_layout(trainer: L.Trainer, per_device_batch_size: int) -> BatchLayout:
+    return BatchLayout(
+        per_device=per_device_batch_size,
+        devices=trainer.num_devices,
+        num_nodes=trainer.num_nodes,
+        accumulate=trainer.accumulate_grad_batches,
+    )
+
+
+def gather_in_dataset_order(module: L.LightningModule, local: Tensor) -> Tensor:
+    """Rows computed on each rank -> all rows on every rank, in dataset order.
+
+    Assumes the evaluation sampler of `vitcls.data.datamodule`: rank r holds dataset indices
+    r, r + world_size, r + 2 * world_size, ... (no padding, so ranks can hold one row less).
+    """
+    world_size = module.trainer.world_size
+    if world_size == 1:
+        return local
+    counts = module.all_gather(torch.tensor(len(local), device=module.device)).cpu()
+    padded = local.new_zeros((int(counts.max()), *local.shape[1:]))
+    padded[: len(local)] = local
+    gathered = module.all_gather(padded.to(module.device)).cpu()
+    rows = torch.cat([gathered[rank, :count] for rank, count in enumerate(counts.tolist())])
+    indices = torch.cat([torch.arange(count) * world_size + rank for rank, count in enumerate(counts.tolist())])
+    ordered = torch.empty_like(rows)
+    ordered[indices] = rows
+    return ordered
+
+
+@contextlib.contextmanager
+def ddp_children_join_this_hydra_job() -> Iterator[None]:
+    """Make Lightning's DDP child processes re-run this Hydra job, not the whole sweep.
+
+    Lightning starts each child as `python <script> <this process's argv> hydra.run.dir=<HydraConfig run.dir>`.
+    In a multirun job that argv still holds `-m` and the sweep lists, and `run.dir` is not the job's directory
+    (DESIGN pitfall 1). Inside a multirun job, argv becomes this job's own overrides and `run.dir` its output
+    directory for the duration of the block.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    saved_argv, saved_run_dir = sys.argv, hydra_cfg.run.dir
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hydra_cfg.run):
+            hydra_cfg.run.dir = saved_run_dir

@@ -63,10 +63,22 @@ def gather_in_dataset_order(module: L.LightningModule, local: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def ddp_children_join_this_hydra_job() -> Iterator[None]:
-    """Make Lightning's DDP child processes re-run this Hydra job, not the whole sweep.
+def ddp_scoped_to_this_hydra_job() -> Iterator[None]:
+    """DDP inside a Hydra job: the child processes re-run this job (not the sweep), and the process group
+    ends with the job, since Lightning leaves it open and bound to children that are gone once they finish:
+    the next job of a multirun, in the same process, starts a new one.
+    """
+    try:
+        with _children_rerun_this_hydra_job():
+            yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
-    Lightning starts each child as `python <script> <this process's argv> hydra.run.dir=<HydraConfig run.dir>`.
+
+@contextlib.contextmanager
+def _children_rerun_this_hydra_job() -> Iterator[None]:
+    """Lightning starts each child as `python <script> <this process's argv> hydra.run.dir=<HydraConfig run.dir>`.
     In a multirun job that argv still holds `-m` and the sweep lists, and `run.dir` is not the job's directory
     (DESIGN pitfall 1). Inside a multirun job, argv becomes this job's own overrides and `run.dir` its output
     directory for the duration of the block.

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.data.datamodule import ImageFolderDataModule
-from vitcls.distributed import batch_layout, ddp_children_join_this_hydra_job
+from vitcls.distributed import batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    with ddp_children_join_this_hydra_job():
+    with ddp_scoped_to_this_hydra_job():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         best_path, best_epoch, best_score = best_checkpoint(trainer)
         test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=True)[0]

@@ -32,7 +32,8 @@ def create_optimizer(
     **opt_kwargs,
 ) -> Optimizer:
     """`head_lr=None` gives the head the backbone's lr. `layer_decay` (e.g. 0.75): the backbone's last block
-    gets lr x layer_decay, the one before lr x layer_decay^2, ..., the embeddings the smallest lr.
+    (and final norm) gets lr x layer_decay, the one before lr x layer_decay^2, ..., the embeddings
+    lr x layer_decay^(depth + 1).
     Extra kwargs (betas, eps, momentum...) go to timm.
     """
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
@@ -57,12 +58,14 @@ def backbone_param_groups(backbone: nn.Module, lr: float, weight_decay: float, l
         return [{**group, "lr": lr, "name": "backbone" + _decay_suffix(group)} for group in groups if group["params"]]
     groups = [g for g in param_groups_layer_decay(backbone, weight_decay, skip, layer_decay=layer_decay) if g["params"]]
     # timm writes `lr_scale`, which only timm schedulers apply: fold it into the lr instead (DESIGN pitfall 3).
+    # timm's scales put the top of the backbone (last block, final norm) at 1, as if it were the classifier;
+    # our head sits one layer above it, hence the extra factor.
     depth = {scale: index for index, scale in enumerate(sorted({g["lr_scale"] for g in groups}))}
     return [
         {
             "params": group["params"],
             "weight_decay": group["weight_decay"],
-            "lr": lr * group["lr_scale"],
+            "lr": lr * layer_decay * group["lr_scale"],
             "name": f"backbone_layer{depth[group['lr_scale']]:02d}{_decay_suffix(group)}",
         }
         for group in groups

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -10,6 +11,10 @@ from dataclasses import asdict, dataclass
 import lightning as L
 import torch
 from torch import Tensor
+
+
+# Set in the launching process by Lightning's _SubprocessScriptLauncher.
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ def _children_rerun_this_hydra_job() -> Iterator[None]:
     """Lightning starts each child as `python <script> <this process's argv> hydra.run.dir=<HydraConfig run.dir>`.
     In a multirun job that argv still holds `-m` and the sweep lists, and `run.dir` is not the job's directory
     (DESIGN pitfall 1). Inside a multirun job, argv becomes this job's own overrides and `run.dir` its output
-    directory for the duration of the block.
+    directory for the duration of the block. The launcher also exports LOCAL_RANK & co. into this process, which
+    would make the next job believe its processes are started externally: they are restored afterwards.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -92,6 +98,7 @@ def _children_rerun_this_hydra_job() -> Iterator[None]:
         return
     hydra_cfg = HydraConfig.get()
     saved_argv, saved_run_dir = sys.argv, hydra_cfg.run.dir
+    saved_env = {name: os.environ.get(name) for name in LAUNCHER_ENV}
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
@@ -99,5 +106,10 @@ def _children_rerun_this_hydra_job() -> Iterator[None]:
         yield
     finally:
         sys.argv = saved_argv
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         with read_write(hydra_cfg.run):
             hydra_cfg.run.dir = saved_run_dir

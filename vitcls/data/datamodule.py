@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vitcls.data.dataset import ImageFileDataset
@@ -60,6 +61,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         drop_last: bool = True,
+        mixup: dict[str, Any] | None = None,
         source: FolderSource | None = None,
     ):
         super().__init__()
@@ -71,6 +73,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._scan: FolderScan | None = None
         self._splits: dict[str, list[Sample]] | None = None
         self.datasets: dict[str, ImageFileDataset] = {}
+        self.mixup: Mixup | None = None
 
     # --- folder and splits -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -132,6 +135,24 @@ class ImageFolderDataModule(L.LightningDataModule):
         for split, dataset in self.datasets.items():
             if len(dataset) == 0:
                 raise ConfigError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
+        if self.hparams.mixup:
+            self.mixup = self._create_mixup()
+
+    def _create_mixup(self) -> Mixup:
+        # timm's Mixup pairs each image with its mirror in the batch: it needs even, full batches.
+        batch_size = self.hparams.batch_size
+        if batch_size % 2 or not self.hparams.drop_last or len(self.datasets["train"]) < batch_size:
+            raise ConfigError(
+                f"data.mixup needs an even data.batch_size (got {batch_size}), data.drop_last=true and at least "
+                f"one full batch of training images ({len(self.datasets['train'])})."
+            )
+        return Mixup(**self.hparams.mixup, num_classes=self.num_classes)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches only: mix images and turn the labels into soft targets (class probabilities)."""
+        if self.mixup is not None and self.trainer is not None and self.trainer.training:
+            return self.mixup(*batch)
+        return batch
 
     # --- dataloaders -------------------------------------------------------------------------
     def _devices(self) -> int:

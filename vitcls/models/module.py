@@ -87,7 +87,8 @@ class ImageClassifier(L.LightningModule):
                 "lower optim.lr or check the data."
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
-        self._update_and_log_metrics("train", logits.detach(), targets)
+        if targets.ndim == 1:  # no train metrics for soft targets (data.mixup): there is no one true label
+            self._update_and_log_metrics("train", logits.detach(), targets)
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:

@@ -16,13 +16,22 @@ from conftest import FAST_OVERRIDES, REPO_ROOT
 from vitcls.metrics import METRIC_NAMES
 
 DDP_OVERRIDES = [o for o in FAST_OVERRIDES if not o.startswith("trainer=")] + [
-    "trainer=ddp_cpu", "data.batch_size=4", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+    "trainer=ddp_cpu",
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
 ]
 
 
 def run_script(script, *overrides, env=None):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / script), *overrides], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -41,8 +50,13 @@ def odd_folder(image_folder_factory):
 @pytest.mark.slow
 def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_folder, tmp_path):
     run_dir = tmp_path / "run"
-    run_script("train.py", f"data.root={odd_folder}", f"hydra.run.dir={run_dir}", *DDP_OVERRIDES,
-               env={"VITCLS_LOG_DIR": str(tmp_path / "stray")})
+    run_script(
+        "train.py",
+        f"data.root={odd_folder}",
+        f"hydra.run.dir={run_dir}",
+        *DDP_OVERRIDES,
+        env={"VITCLS_LOG_DIR": str(tmp_path / "stray")},
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8
     test_size = summary["num_samples"]["test"]
@@ -56,8 +70,14 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
     assert len([r for r in rows if r.get("test/acc")]) == 1
 
     eval_dir = tmp_path / "eval"
-    run_script("eval.py", f"ckpt_path={summary['best_ckpt']}", f"hydra.run.dir={eval_dir}", "trainer=cpu",
-               "data.num_workers=0", "gallery.num_images=4")
+    run_script(
+        "eval.py",
+        f"ckpt_path={summary['best_ckpt']}",
+        f"hydra.run.dir={eval_dir}",
+        "trainer=cpu",
+        "data.num_workers=0",
+        "gallery.num_images=4",
+    )
     report = json.loads((eval_dir / "eval.json").read_text())
     for name in METRIC_NAMES:
         assert summary["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
@@ -68,8 +88,16 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
 def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 4, "b": 4})
     sweep_dir = tmp_path / "sweep"
-    run_script("train.py", "-m", f"data.root={root}", "head=linear,mlp", *DDP_OVERRIDES, "trainer.limit_val_batches=1",
-               f"hydra.sweep.dir={sweep_dir}", env={"VITCLS_LOG_DIR": str(tmp_path / "stray")})
+    run_script(
+        "train.py",
+        "-m",
+        f"data.root={root}",
+        "head=linear,mlp",
+        *DDP_OVERRIDES,
+        "trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        env={"VITCLS_LOG_DIR": str(tmp_path / "stray")},
+    )
     # two jobs, not 2 x 2: a child that re-ran the sweep would add jobs or directories
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     assert not (tmp_path / "stray").exists()
@@ -80,5 +108,7 @@ def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_fold
         assert summary["paths"]["run_dir"] == str(job_dir) and summary["world_size"] == 2
         assert (job_dir / "train_ddp_process_1.log").is_file()
         assert sorted(p.name for p in job_dir.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
-        heads.append(torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"])
+        heads.append(
+            torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
+        )
     assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]

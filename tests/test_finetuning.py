@@ -32,11 +32,20 @@ class RecordHeadWeights(Callback):
 def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 8, "b": 8})
     RecordHeadWeights.history = []
-    cfg = compose_config("train", [
-        f"paths.output_dir={tmp_path}", *FAST_OVERRIDES, f"data.root={root}", "data.batch_size=4",
-        "trainer.max_epochs=1", "optim.lr=1e-2", "callbacks=ema", f"callbacks.ema.decay={DECAY}",
-        f"+callbacks.record._target_={__name__}.RecordHeadWeights",
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={tmp_path}",
+            *FAST_OVERRIDES,
+            f"data.root={root}",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "optim.lr=1e-2",
+            "callbacks=ema",
+            f"callbacks.ema.decay={DECAY}",
+            f"+callbacks.record._target_={__name__}.RecordHeadWeights",
+        ],
+    )
     summary = run(cfg)
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
     steps = RecordHeadWeights.history
@@ -70,8 +79,12 @@ def attached_datamodule(root, data_config, **kwargs):
 
 def test_mixup_mixes_training_batches_only(image_folder_factory, data_config):
     root = image_folder_factory({"a": 8, "b": 8, "c": 8}, splits=("train", "test"))
-    datamodule = attached_datamodule(root, data_config, batch_size=6,
-                                     mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.0})
+    datamodule = attached_datamodule(
+        root,
+        data_config,
+        batch_size=6,
+        mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.0},
+    )
     images, labels = next(iter(datamodule.train_dataloader()))
     datamodule.trainer.training = True
     mixed, soft = datamodule.on_after_batch_transfer((images.clone(), labels.clone()), 0)
@@ -94,8 +107,9 @@ def test_mixup_refuses_odd_batches(image_folder_factory, data_config):
 
 def test_randaugment_and_random_erasing_come_from_train_augment(image_folder_factory, data_config):
     root = image_folder_factory({"a": 4, "b": 4}, splits=("train", "test"))
-    datamodule = attached_datamodule(root, data_config,
-                                     train_augment={"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 1.0})
+    datamodule = attached_datamodule(
+        root, data_config, train_augment={"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 1.0}
+    )
     description = str(datamodule.datasets["train"].transform)
     assert "RandAugment" in description and "RandomErasing" in description
     assert "RandAugment" not in str(datamodule.datasets["test"].transform)
@@ -108,13 +122,50 @@ def test_training_with_mixup_and_augmentation_logs_loss_but_no_train_accuracy(im
     import csv
 
     root = image_folder_factory({"a": 8, "b": 8})
-    summary = run(compose_config("train", [
-        f"paths.output_dir={tmp_path}", *FAST_OVERRIDES, f"data.root={root}", "data.batch_size=4",
-        "trainer.max_epochs=1", "data.mixup={mixup_alpha:0.8,cutmix_alpha:1.0}",
-        "data.train_augment={auto_augment:rand-m9-mstd0.5-inc1,re_prob:0.25,hflip:0.5}",
-    ]))
+    summary = run(
+        compose_config(
+            "train",
+            [
+                f"paths.output_dir={tmp_path}",
+                *FAST_OVERRIDES,
+                f"data.root={root}",
+                "data.batch_size=4",
+                "trainer.max_epochs=1",
+                "data.mixup={mixup_alpha:0.8,cutmix_alpha:1.0}",
+                "data.train_augment={auto_augment:rand-m9-mstd0.5-inc1,re_prob:0.25,hflip:0.5}",
+            ],
+        )
+    )
     with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert any(r.get("train/loss_epoch") for r in rows)
     assert "train/acc" not in rows[0]
     assert summary["test"]["acc"] >= 0
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_folder_factory, tmp_path):
+    from vitcls.models.module import load_classifier
+
+    root = image_folder_factory({"a": 4, "b": 4})
+    summary = run(
+        compose_config(
+            "train",
+            [
+                f"paths.output_dir={tmp_path}",
+                *FAST_OVERRIDES,
+                f"data.root={root}",
+                "data.batch_size=4",
+                "trainer.max_epochs=1",
+                "model.compile=true",
+                "trainer.num_sanity_val_steps=0",
+            ],
+        )
+    )
+    checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    assert checkpoint["hyper_parameters"]["backbone"]["compile"] is True
+    module, _ = load_classifier(summary["best_ckpt"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert module(images).shape == (2, 2)

@@ -20,9 +20,20 @@ EPOCHS = 3
 
 
 def train_command(root, run_dir, *extra):
-    return [sys.executable, str(REPO_ROOT / "train.py"), f"data.root={root}", f"hydra.run.dir={run_dir}",
-            *FAST_OVERRIDES, "data.batch_size=4", f"trainer.max_epochs={EPOCHS}", "head=mlp", "head.dropout=0.3",
-            "model.drop_path_rate=0.1", "trainer.log_every_n_steps=1", *extra]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        f"data.root={root}",
+        f"hydra.run.dir={run_dir}",
+        *FAST_OVERRIDES,
+        "data.batch_size=4",
+        f"trainer.max_epochs={EPOCHS}",
+        "head=mlp",
+        "head.dropout=0.3",
+        "model.drop_path_rate=0.1",
+        "trainer.log_every_n_steps=1",
+        *extra,
+    ]
 
 
 def run_to_end(command):
@@ -57,7 +68,9 @@ def test_run_killed_with_sigkill_and_resumed_ends_bitwise_like_an_uninterrupted_
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     run_to_end(train_command(folder, reference_dir))
 
-    process = start_and_wait_for_checkpoint(train_command(folder, killed_dir), killed_dir / "checkpoints/last.ckpt", 0)
+    process = start_and_wait_for_checkpoint(
+        train_command(folder, killed_dir), killed_dir / "checkpoints/last.ckpt", 0
+    )
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not (killed_dir / "summary.json").exists()
@@ -68,7 +81,10 @@ def test_run_killed_with_sigkill_and_resumed_ends_bitwise_like_an_uninterrupted_
     resumed = json.loads((killed_dir / "summary.json").read_text())
     assert resumed["resumed_from"] == str(killed_dir / "checkpoints/last.ckpt")
     assert resumed["test"] == reference["test"]
-    assert (resumed["epochs_trained"], resumed["global_steps"]) == (reference["epochs_trained"], reference["global_steps"])
+    assert (resumed["epochs_trained"], resumed["global_steps"]) == (
+        reference["epochs_trained"],
+        reference["global_steps"],
+    )
     final = [torch.load(d / "checkpoints/last.ckpt", weights_only=True) for d in (reference_dir, killed_dir)]
     assert final[0]["epoch"] == EPOCHS - 1
     for key, value in final[0]["state_dict"].items():
@@ -95,7 +111,10 @@ def test_sigterm_saves_a_checkpoint_that_ckpt_path_last_resumes_from(folder, tmp
     interrupted = run_dir / "checkpoints/interrupted.ckpt"
     assert interrupted.is_file()
     state = torch.load(interrupted, weights_only=True)
-    assert state["global_step"] >= torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert (
+        state["global_step"]
+        >= torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    )
     assert resolve_ckpt_path("last", run_dir) == str(interrupted)
 
 

@@ -12,7 +12,6 @@ import lightning as L
 import torch
 from torch import Tensor
 
-
 # Set in the launching process by Lightning's _SubprocessScriptLauncher.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -35,7 +34,11 @@ class BatchLayout:
         return self.per_device * self.world_size * self.accumulate
 
     def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "world_size": self.world_size, "effective_batch_size": self.effective_batch_size}
+        return {
+            **asdict(self),
+            "world_size": self.world_size,
+            "effective_batch_size": self.effective_batch_size,
+        }
 
 
 def batch_layout(trainer: L.Trainer, per_device_batch_size: int) -> BatchLayout:
@@ -61,7 +64,9 @@ def gather_in_dataset_order(module: L.LightningModule, local: Tensor) -> Tensor:
     padded[: len(local)] = local
     gathered = module.all_gather(padded.to(module.device)).cpu()
     rows = torch.cat([gathered[rank, :count] for rank, count in enumerate(counts.tolist())])
-    indices = torch.cat([torch.arange(count) * world_size + rank for rank, count in enumerate(counts.tolist())])
+    indices = torch.cat(
+        [torch.arange(count) * world_size + rank for rank, count in enumerate(counts.tolist())]
+    )
     ordered = torch.empty_like(rows)
     ordered[indices] = rows
     return ordered

@@ -25,7 +25,7 @@ class ImageClassifier(L.LightningModule):
 
     All constructor arguments are plain dicts/lists (saved in every checkpoint as hyperparameters, so a
     checkpoint alone rebuilds the model and knows its class names):
-      backbone:  kwargs of `create_backbone` plus `freeze` (train the head only)
+      backbone:  kwargs of `create_backbone` plus `freeze` (train the head only) and `compile` (torch.compile)
       head:      a Hydra node with `_target_` naming a `vitcls.models.heads.Head` subclass
       optimizer: a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head)
       scheduler: a Hydra node for `vitcls.models.optim.create_scheduler` (called with optimizer,
@@ -47,6 +47,7 @@ class ImageClassifier(L.LightningModule):
         self.hparams.optimizer = optimizer or {"_target_": "vitcls.models.optim.create_optimizer"}
         backbone_kwargs = dict(backbone)
         self.freeze_backbone = bool(backbone_kwargs.pop("freeze", False))
+        compile_backbone = bool(backbone_kwargs.pop("compile", False))
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
 
@@ -56,6 +57,9 @@ class ImageClassifier(L.LightningModule):
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
         self.data_config = resolve_data_config(self.backbone)
+        if compile_backbone:
+            # In place (nn.Module.compile): state_dict keys stay free of `_orig_mod.`, checkpoints load uncompiled.
+            self.backbone.compile()
 
         metrics = classification_metrics(num_classes)
         # ModuleDict keys must not shadow nn.Module attributes ("train"), hence the suffix.
@@ -158,7 +162,7 @@ def load_classifier(checkpoint_path: str | Path, map_location: str | torch.devic
         raise ConfigError(f"ckpt_path: checkpoint not found: {path.resolve()}")
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     hparams = dict(checkpoint["hyper_parameters"])
-    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None, "compile": False}
     module = ImageClassifier(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), checkpoint

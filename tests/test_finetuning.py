@@ -24,9 +24,13 @@ class RecordHeadWeights(Callback):
     """Test helper, instantiated from the config: the head weights after every optimizer step."""
 
     history: list[torch.Tensor] = []
+    tested: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         RecordHeadWeights.history.append(pl_module.head.fc.weight.detach().clone())
+
+    def on_test_start(self, trainer, pl_module):
+        RecordHeadWeights.tested = pl_module.head.fc.weight.detach().clone()
 
 
 def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(image_folder_factory, tmp_path):
@@ -57,6 +61,7 @@ def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(ima
     assert torch.allclose(saved, expected, atol=1e-6)
     assert torch.equal(checkpoint["current_model_state"]["head.fc.weight"], steps[-1])
     assert not torch.allclose(saved, steps[-1], atol=1e-4)
+    assert torch.equal(RecordHeadWeights.tested, saved)  # summary.json's test metrics are the EMA model's
 
     # eval.py and exports load `state_dict`: the EMA weights
     from vitcls.models.module import load_classifier

@@ -58,9 +58,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class RestoreRNGStates(Callback):
     """Store the RNG states (torch, CUDA, numpy, random) in each checkpoint; restore them when training resumes.
 
-    They are restored at the start of the first training epoch after loading, the point where an uninterrupted
-    run continues from the state saved at the end of the previous epoch (the sanity check and dataloader
-    set-up in between also draw random numbers).
+    They are restored when training starts (after the sanity check, which also draws random numbers): from
+    there on, a resumed run draws the same random numbers as the uninterrupted run did after the checkpoint.
+    This relies on the training DataLoader drawing its seeds from its own generator (see
+    `vitcls.data.datamodule`): a resumed run creates its first iterator at another point than the
+    uninterrupted run.
     """
 
     def __init__(self) -> None:
@@ -72,7 +74,7 @@ class RestoreRNGStates(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._pending = checkpoint.get("rng_states")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None

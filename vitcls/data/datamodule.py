@@ -185,7 +185,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world_size, rank=rank, shuffle=False)
 
-    def _loader(self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False, generator=None
+    ) -> DataLoader:
         workers = self.hparams.num_workers
         if workers is None:
             workers = default_num_workers(self._devices())
@@ -198,6 +200,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
             drop_last=drop_last,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -206,7 +209,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         batch_size = self.hparams.batch_size
         sampler = self._train_sampler()
         drop_last = self.hparams.drop_last and len(sampler) >= batch_size
-        return self._loader("train", batch_size, sampler, drop_last=drop_last)
+        # Worker seeds come from this generator, not from the global RNG: creating an iterator must not shift the
+        # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
+        generator = torch.Generator().manual_seed(self.hparams.shuffle_seed)
+        return self._loader("train", batch_size, sampler, drop_last=drop_last, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("val"))

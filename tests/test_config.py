@@ -3,6 +3,7 @@
 import hydra.utils
 import pytest
 from conftest import CONF_DIR, FAST_OVERRIDES, compose_config
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from vitcls.instantiate import instantiate_dict_group
@@ -50,10 +51,11 @@ def test_module_builds_from_config_for_each_head(head):
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=tensorboard"])
     callbacks = instantiate_dict_group(cfg.callbacks)
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor", "NonFiniteLossGuard"}
+    assert {type(c).__name__ for c in callbacks} == {
+        "ModelCheckpoint", "LearningRateMonitor", "OnExceptionCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
-    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]
+    assert [type(lg).__name__ for lg in loggers] == ["ResumableCSVLogger"]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert trainer.max_epochs == 3
 
@@ -68,4 +70,44 @@ def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
 
     wandb_logger = next(lg for lg in loggers if isinstance(lg, WandbLogger))
     assert wandb_logger._offline is True
-    assert any(type(lg).__name__ == "CSVLogger" for lg in loggers)
+    assert any(isinstance(lg, CSVLogger) for lg in loggers)
+
+
+def test_slurm_launcher_config_composes_and_the_launcher_instantiates(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=4",
+                                          "data.root=/x", f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    launcher_cfg = cfg.hydra.launcher
+    assert launcher_cfg.tasks_per_node == 4 and launcher_cfg.nodes == 1
+    assert launcher_cfg.submitit_folder == f"{tmp_path}/.submitit/%j"
+    launcher = hydra.utils.instantiate(launcher_cfg)
+    assert isinstance(launcher, SlurmLauncher)
+    assert launcher.params["gpus_per_node"] == 4 and launcher.params["tasks_per_node"] == 4
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == "auto"
+
+
+def test_distributed_trainer_presets(monkeypatch):
+    monkeypatch.delenv("VITCLS_NUM_NODES", raising=False)
+    monkeypatch.setenv("SLURM_NNODES", "3")
+    multinode = compose_config("train", ["data.root=/x", "trainer=ddp_multinode"]).trainer
+    assert multinode.num_nodes == 3 and multinode.strategy == "ddp" and multinode.accelerator == "gpu"
+    monkeypatch.setenv("VITCLS_NUM_NODES", "2")
+    assert compose_config("train", ["data.root=/x", "trainer=ddp_multinode"]).trainer.num_nodes == 2
+    cpu = compose_config("train", ["data.root=/x", "trainer=ddp_cpu"]).trainer
+    assert (cpu.accelerator, cpu.devices, cpu.strategy, cpu.precision) == ("cpu", 2, "ddp", "32-true")
+
+
+def test_precision_preset_follows_the_hardware():
+    import torch
+
+    from vitcls.precision import precision_preset
+
+    assert precision_preset("cpu") == "32-true"
+    expected = "32-true"
+    if torch.cuda.is_available():
+        expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    assert precision_preset("auto") == expected
+    assert compose_config("train", ["data.root=/x", "trainer=gpu"]).trainer.precision == expected

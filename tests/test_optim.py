@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from vitcls.errors import ConfigError
 from vitcls.models.module import ImageClassifier
 from vitcls.models.optim import create_optimizer, create_scheduler
 
@@ -78,3 +81,33 @@ def test_bad_settings_are_named():
         create_optimizer(module.backbone, module.head, lr=0)
     with pytest.raises(ValueError, match="sched.decay"):
         create_scheduler(create_optimizer(module.backbone, module.head), total_steps=5, decay="step")
+
+
+@pytest.mark.parametrize("with_scheduler", [True, False])
+def test_layer_decay_gives_each_block_its_lr_after_a_step(with_scheduler):
+    module = make_module()
+    decay, lr, head_lr = 0.5, 1e-3, 4e-3
+    opt = create_optimizer(module.backbone, module.head, lr=lr, head_lr=head_lr, layer_decay=decay)
+    scheduler = create_scheduler(opt, total_steps=10, warmup_steps=0) if with_scheduler else None
+    module(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    if scheduler is not None:
+        scheduler.step_update(num_updates=1)
+    factor = 0.5 * (1 + math.cos(math.pi * 1 / 10)) if scheduler else 1.0  # cosine over 10 steps, at step 1
+    backbone = module.backbone
+    depth = len(backbone.blocks)  # vit_tiny: 12 blocks; the last one is one step below the head
+    for index, block in enumerate(backbone.blocks):
+        expected = lr * decay ** (depth - index) * factor
+        assert group_of(opt, block.attn.qkv.weight)["lr"] == pytest.approx(expected, rel=1e-9), index
+        assert group_of(opt, block.norm1.weight)["lr"] == pytest.approx(expected, rel=1e-9), index
+    assert group_of(opt, backbone.patch_embed.proj.weight)["lr"] == pytest.approx(lr * decay ** (depth + 1) * factor)
+    assert group_of(opt, module.head.fc.weight)["lr"] == pytest.approx(head_lr * factor)
+    assert group_of(opt, backbone.blocks[0].norm1.weight)["weight_decay"] == 0.0
+    assert all("lr_scale" not in group for group in opt.param_groups)  # no second scaling by timm schedulers
+    assert len({group["name"] for group in opt.param_groups}) == len(opt.param_groups)  # LearningRateMonitor needs this
+
+
+def test_layer_decay_must_be_a_fraction():
+    module = make_module()
+    with pytest.raises(ConfigError, match="optim.layer_decay"):
+        create_optimizer(module.backbone, module.head, layer_decay=1.5)

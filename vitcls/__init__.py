@@ -1,7 +1,11 @@
 """vitcls: head-based image classification with timm Vision Transformers, Lightning and Hydra."""
 
+from vitcls.precision import register_resolvers
+
 __version__ = "0.1.0"
 __all__ = ["Predictor"]
+
+register_resolvers()
 
 
 def __getattr__(name: str):

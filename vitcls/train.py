@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -19,11 +20,15 @@ from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config_checks import check_run_dir, check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
+from vitcls.distributed import batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.export import export_checkpoint
 from vitcls.instantiate import instantiate_dict_group, to_plain
 from vitcls.metrics import METRIC_NAMES
 from vitcls.models.module import ImageClassifier
+from vitcls.models.optim import scale_lr_with_batch
+from vitcls.precision import use_tensor_cores_for_float32
 from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_atomic
+from vitcls.resume import resolve_ckpt_path
 from vitcls.tracking import log_run_config, log_test_results
 
 log = logging.getLogger(__name__)
@@ -42,12 +47,13 @@ def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
     return datamodule
 
 
-def build_module(cfg: DictConfig, class_names: list[str]) -> ImageClassifier:
+def build_module(cfg: DictConfig, class_names: list[str], effective_batch_size: int | None = None) -> ImageClassifier:
+    """`effective_batch_size` (default: data.batch_size, one device) for optim.scale_lr_with_batch."""
     return ImageClassifier(
         backbone=to_plain(cfg.model),
         head=to_plain(cfg.head),
         class_names=class_names,
-        optimizer=to_plain(cfg.optim),
+        optimizer=scale_lr_with_batch(to_plain(cfg.optim), effective_batch_size or cfg.data.batch_size),
         scheduler=to_plain(cfg.get("sched")),
         loss=to_plain(cfg.get("loss")),
     )
@@ -81,20 +87,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)
     if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
         check_run_dir(output_dir, cfg)
-    validate_resume_checkpoint(cfg.get("ckpt_path"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    validate_resume_checkpoint(ckpt_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    use_tensor_cores_for_float32()
 
     datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg, datamodule.class_names)
-    datamodule.set_data_config(module.data_config)
-
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_dict_group(cfg.get("callbacks")),
         logger=instantiate_dict_group(cfg.get("logger")) or False,
         _convert_="all",
     )
+    layout = batch_layout(trainer, datamodule.hparams.batch_size)
+    module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
+    datamodule.set_data_config(module.data_config)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(layout.as_dict())
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     params = module.parameter_counts
@@ -106,10 +116,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.get("feature_cache"):
         batches = build_feature_datamodule(datamodule, module, trainer, cfg.data.feature_cache_dir)
         module.inputs_are_features = True
-    trainer.fit(module, datamodule=batches, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    best_path, best_epoch, best_score = best_checkpoint(trainer)
-    test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True,
-                                weights_only=True)[0]
+    with ddp_scoped_to_this_hydra_job():
+        trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+        best_path, best_epoch, best_score = best_checkpoint(trainer)
+        test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True,
+                                    weights_only=True)[0]
     skipped = datamodule.skipped_files()
 
     summary = {
@@ -127,6 +138,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "skipped": skipped,
         "epochs_trained": trainer.current_epoch,
         "global_steps": trainer.global_step,
+        "world_size": layout.world_size,
+        "effective_batch_size": layout.effective_batch_size,
+        "batch_layout": dataclasses.asdict(layout),
+        "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),
         "paths": {"run_dir": str(output_dir), "config": str(output_dir / "config.yaml")},
     }

@@ -9,7 +9,9 @@ from typing import Any, Protocol
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from timm.data import Mixup
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad
 from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
@@ -58,6 +60,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 42,
+        shuffle_seed: int = 42,
         train_augment: dict[str, Any] | None = None,
         crop_pct: float | None = None,
         interpolation: str | None = None,
@@ -66,6 +69,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         drop_last: bool = True,
         on_bad_image: str = "error",
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        mixup: dict[str, Any] | None = None,
         source: FolderSource | None = None,
     ):
         super().__init__()
@@ -79,6 +83,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._skipped: dict[str, str] = {}  # path -> reason, found by the scan
         self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
+        self.mixup: Mixup | None = None
 
     # --- folder and splits -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -162,6 +167,24 @@ class ImageFolderDataModule(L.LightningDataModule):
         for split, dataset in self.datasets.items():
             if len(dataset) == 0:
                 raise ConfigError(f"the {split} split of {self.root} is empty; check data.val_fraction/test_fraction.")
+        if self.hparams.mixup:
+            self.mixup = self._create_mixup()
+
+    def _create_mixup(self) -> Mixup:
+        # timm's Mixup pairs each image with its mirror in the batch: it needs even, full batches.
+        batch_size = self.hparams.batch_size
+        if batch_size % 2 or not self.hparams.drop_last or len(self.datasets["train"]) < batch_size:
+            raise ConfigError(
+                f"data.mixup needs an even data.batch_size (got {batch_size}), data.drop_last=true and at least "
+                f"one full batch of training images ({len(self.datasets['train'])})."
+            )
+        return Mixup(**self.hparams.mixup, num_classes=self.num_classes)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches only: mix images and turn the labels into soft targets (class probabilities)."""
+        if self.mixup is not None and self.trainer is not None and self.trainer.training:
+            return self.mixup(*batch)
+        return batch
 
     def _check_batch_size(self) -> None:
         per_device = len(self.splits["train"]) // self._devices()
@@ -181,7 +204,31 @@ class ImageFolderDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _train_sampler(self) -> Sampler:
+        # A DistributedSampler even on one process: the order is a function of (shuffle_seed, epoch) that
+        # Lightning sets through `set_epoch`, so a resumed run sees the same order as an uninterrupted one.
+        # Lightning keeps a DistributedSampler it is given instead of replacing it.
+        world_size, rank = self._replicas()
+        return DistributedSampler(self.datasets["train"], num_replicas=world_size, rank=rank, shuffle=True,
+                                  seed=self.hparams.shuffle_seed)
+
+    def _eval_sampler(self, split: str) -> Sampler | None:
+        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks, rank r
+        # taking dataset indices r, r + world_size, ... (see vitcls.distributed.gather_in_dataset_order).
+        world_size, rank = self._replicas()
+        if world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world_size, rank=rank, shuffle=False)
+
+    def _loader(
+        self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False, generator=None
+    ) -> DataLoader:
         workers = self.hparams.num_workers
         if workers is None:
             workers = default_num_workers(self._devices())
@@ -189,24 +236,32 @@ class ImageFolderDataModule(L.LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
             drop_last=drop_last,
             collate_fn=collate_skipping_bad if self.hparams.on_bad_image == "skip" else None,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
         # Dropping the ragged last batch (a different one each epoch, as the order is shuffled) avoids
-        # a batch of one, which BatchNorm in a head cannot train on.
-        return self._loader("train", self.hparams.batch_size, shuffle=True, drop_last=self.hparams.drop_last)
+        # a batch of one, which BatchNorm in a head cannot train on; tiny training sets keep it.
+        batch_size = self.hparams.batch_size
+        sampler = self._train_sampler()
+        drop_last = self.hparams.drop_last and len(sampler) >= batch_size
+        # Worker seeds come from this generator, not from the global RNG: creating an iterator must not shift the
+        # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
+        generator = torch.Generator().manual_seed(self.hparams.shuffle_seed)
+        return self._loader("train", batch_size, sampler, drop_last=drop_last, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("test"))
+
 
 
 def _stat(path: str) -> tuple[int, int]:

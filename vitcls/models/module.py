@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from vitcls.checkpoints import load_checkpoint
 from vitcls.data.transforms import resolve_data_config
+from vitcls.distributed import gather_in_dataset_order
 from vitcls.errors import ConfigError
 from vitcls.metrics import classification_metrics, confusion_matrix_metric
 from vitcls.models.backbone import create_backbone
@@ -27,7 +28,8 @@ class ImageClassifier(L.LightningModule):
 
     All constructor arguments are plain dicts/lists (saved in every checkpoint as hyperparameters, so a
     checkpoint alone rebuilds the model and knows its class names):
-      backbone:  kwargs of `create_backbone` plus `train_blocks` and `bitfit` (vitcls.models.trainable)
+      backbone:  kwargs of `create_backbone` plus `train_blocks` and `bitfit` (vitcls.models.trainable),
+                 and `compile` (torch.compile the backbone)
       head:      a Hydra node with `_target_` naming a `vitcls.models.heads.Head` subclass, plus
                  `features` and `last_k` (vitcls.models.features)
       optimizer: a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head)
@@ -54,6 +56,7 @@ class ImageClassifier(L.LightningModule):
         for old, new in (("freeze", "model.train_blocks=none"), ("pool", "head.features=cls or mean")):
             if old in backbone_kwargs:
                 raise ConfigError(f"model.{old} was replaced: use {new}")
+        compile_backbone = bool(backbone_kwargs.pop("compile", False))
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
 
@@ -66,6 +69,9 @@ class ImageClassifier(L.LightningModule):
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
         self.frozen_backbone_parts = apply_trainability(self.backbone, train_blocks, bitfit)
         self.data_config = resolve_data_config(self.backbone)
+        if compile_backbone:
+            # In place (nn.Module.compile): state_dict keys stay free of `_orig_mod.`, checkpoints load uncompiled.
+            self.backbone.compile()
 
         metrics = classification_metrics(num_classes)
         # ModuleDict keys must not shadow nn.Module attributes ("train"), hence the suffix.
@@ -73,6 +79,7 @@ class ImageClassifier(L.LightningModule):
         self.confusion = nn.ModuleDict({f"{split}_split": confusion_matrix_metric(num_classes) for split in ("val", "test")})
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
+        # Softmax rows of the test split; after the test epoch, all ranks' rows in dataset order.
         self.test_predictions: list[Tensor] = []
         # True when the batches hold `features(images)` from a feature cache (set by vitcls.train).
         self.inputs_are_features = False
@@ -113,7 +120,8 @@ class ImageClassifier(L.LightningModule):
         # A non-finite loss is vitcls.guards.NonFiniteLossGuard's to stop or skip; it is not logged.
         if torch.isfinite(loss):
             self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
-            self._update_and_log_metrics("train", logits.detach(), targets)
+            if targets.ndim == 1:  # no train metrics for soft targets (data.mixup): there is no one true label
+                self._update_and_log_metrics("train", logits.detach(), targets)
         return loss
 
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -155,6 +163,8 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._store_confusion("test")
+        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, len(self.class_names))
+        self.test_predictions = [gather_in_dataset_order(self, local)]
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -181,7 +191,7 @@ def load_classifier(checkpoint_path: str | Path, map_location: str | torch.devic
     """
     checkpoint = load_checkpoint(checkpoint_path, "ckpt_path", map_location)
     hparams = dict(checkpoint["hyper_parameters"])
-    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None, "compile": False}
     module = ImageClassifier(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), checkpoint

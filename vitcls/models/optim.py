@@ -3,6 +3,8 @@
 The optimizer is built by timm (`create_optimizer_v2`) from explicit parameter groups:
 backbone and head each get their own lr, and weight decay skips 1-d tensors (norms, biases) and the
 backbone's `no_weight_decay()` tokens (pos_embed, cls_token...). Frozen parameters are left out.
+With `layer_decay`, timm's `param_groups_layer_decay` splits the backbone by depth (its `group_matcher`) and
+each group's lr is set to lr x its scale here, so the scale holds with any scheduler or none.
 The schedule is timm's cosine (or linear) decay with linear warmup, stepped every optimizer step; timm schedulers keep
 each group's own base lr.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from torch import nn
 from torch.optim import Optimizer
@@ -26,22 +28,70 @@ def create_optimizer(
     lr: float = 2e-4,
     head_lr: float | None = None,
     weight_decay: float = 0.01,
+    layer_decay: float | None = None,
     **opt_kwargs,
 ) -> Optimizer:
-    """`head_lr=None` gives the head the backbone's lr. Extra kwargs (betas, eps, momentum...) go to timm."""
+    """`head_lr=None` gives the head the backbone's lr. `layer_decay` (e.g. 0.75): the backbone's last block
+    (and final norm) gets lr x layer_decay, the one before lr x layer_decay^2, ..., the embeddings
+    lr x layer_decay^(depth + 1).
+    Extra kwargs (betas, eps, momentum...) go to timm.
+    """
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
         raise ConfigError(f"optim.lr and optim.head_lr must be positive, got {lr} and {head_lr}")
-    skip = getattr(backbone, "no_weight_decay", lambda: set())()
-    groups = []
-    for module, group_lr, role in ((backbone, lr, "backbone"), (head, head_lr or lr, "head")):
-        for group in param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip):
-            if group["params"]:
-                groups.append({**group, "lr": group_lr, "name": f"{role}{'_no_decay' if group['weight_decay'] == 0 else ''}"})
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ConfigError(f"optim.layer_decay must be in (0, 1] or null, got {layer_decay}")
+    groups = backbone_param_groups(backbone, lr, weight_decay, layer_decay)
+    for group in param_groups_weight_decay(head, weight_decay):
+        if group["params"]:
+            groups.append({**group, "lr": head_lr or lr, "name": "head" + _decay_suffix(group)})
     if not groups:
         raise ConfigError("no trainable parameters: the backbone is frozen and the head has none")
     if "betas" in opt_kwargs:
         opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
     return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=weight_decay, **opt_kwargs)
+
+
+def backbone_param_groups(backbone: nn.Module, lr: float, weight_decay: float, layer_decay: float | None) -> list[dict]:
+    skip = getattr(backbone, "no_weight_decay", lambda: set())()
+    if layer_decay is None:
+        groups = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=skip)
+        return [{**group, "lr": lr, "name": "backbone" + _decay_suffix(group)} for group in groups if group["params"]]
+    groups = [g for g in param_groups_layer_decay(backbone, weight_decay, skip, layer_decay=layer_decay) if g["params"]]
+    # timm writes `lr_scale`, which only timm schedulers apply: fold it into the lr instead (DESIGN pitfall 3).
+    # timm's scales put the top of the backbone (last block, final norm) at 1, as if it were the classifier;
+    # our head sits one layer above it, hence the extra factor.
+    depth = {scale: index for index, scale in enumerate(sorted({g["lr_scale"] for g in groups}))}
+    return [
+        {
+            "params": group["params"],
+            "weight_decay": group["weight_decay"],
+            "lr": lr * layer_decay * group["lr_scale"],
+            "name": f"backbone_layer{depth[group['lr_scale']]:02d}{_decay_suffix(group)}",
+        }
+        for group in groups
+    ]
+
+
+def _decay_suffix(group: dict) -> str:
+    return "_no_decay" if group["weight_decay"] == 0 else ""
+
+
+def scale_lr_with_batch(optim_cfg: dict, effective_batch_size: int) -> dict:
+    """The optimizer node without the `scale_lr_with_batch` / `base_batch_size` keys, and with lr and head_lr
+    multiplied by effective_batch_size / base_batch_size when `scale_lr_with_batch` is true (linear scaling rule).
+    """
+    cfg = dict(optim_cfg)
+    enabled = cfg.pop("scale_lr_with_batch", False)
+    base = cfg.pop("base_batch_size", None)
+    if not enabled:
+        return cfg
+    if not base or base <= 0:
+        raise ConfigError(f"optim.base_batch_size must be a positive number of images, got {base}")
+    factor = effective_batch_size / base
+    for key in ("lr", "head_lr"):
+        if cfg.get(key) is not None:
+            cfg[key] = cfg[key] * factor
+    return cfg
 
 
 SCHEDULERS = {"cosine": CosineLRScheduler, "linear": PolyLRScheduler}

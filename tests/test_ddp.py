@@ -1,0 +1,114 @@
+"""DDP on CPU (2 gloo processes started by Lightning): exact metrics, rank-zero outputs, multirun directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST_OVERRIDES, REPO_ROOT
+
+from vitcls.metrics import METRIC_NAMES
+
+DDP_OVERRIDES = [o for o in FAST_OVERRIDES if not o.startswith("trainer=")] + [
+    "trainer=ddp_cpu",
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def run_script(script, *overrides, env=None):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def confusion_total(path) -> int:
+    with open(path) as handle:
+        return int(np.asarray([list(map(int, row[1:])) for row in list(csv.reader(handle))[1:]]).sum())
+
+
+@pytest.fixture
+def odd_folder(image_folder_factory):
+    # 9 val and 9 test images: a padding DistributedSampler on 2 ranks would count one image twice in each.
+    return image_folder_factory({"a": 4, "b": 2, "c": 3}, splits=("train", "val", "test"), seed=3)
+
+
+@pytest.mark.slow
+def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script(
+        "train.py",
+        f"data.root={odd_folder}",
+        f"hydra.run.dir={run_dir}",
+        *DDP_OVERRIDES,
+        env={"VITCLS_LOG_DIR": str(tmp_path / "stray")},
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8
+    test_size = summary["num_samples"]["test"]
+    assert test_size % 2 == 1 and summary["num_samples"]["val"] % 2 == 1
+    assert confusion_total(run_dir / "test_confusion_matrix.csv") == test_size
+    # rank 1 logged into the same run directory and wrote no reports of its own
+    assert (run_dir / "train_ddp_process_1.log").is_file()
+    assert not (tmp_path / "stray").exists()
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len([r for r in rows if r.get("test/acc")]) == 1
+
+    eval_dir = tmp_path / "eval"
+    run_script(
+        "eval.py",
+        f"ckpt_path={summary['best_ckpt']}",
+        f"hydra.run.dir={eval_dir}",
+        "trainer=cpu",
+        "data.num_workers=0",
+        "gallery.num_images=4",
+    )
+    report = json.loads((eval_dir / "eval.json").read_text())
+    for name in METRIC_NAMES:
+        assert summary["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
+    assert confusion_total(eval_dir / "test_confusion_matrix.csv") == test_size
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 4, "b": 4})
+    sweep_dir = tmp_path / "sweep"
+    run_script(
+        "train.py",
+        "-m",
+        f"data.root={root}",
+        "head=linear,mlp",
+        *DDP_OVERRIDES,
+        "trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        env={"VITCLS_LOG_DIR": str(tmp_path / "stray")},
+    )
+    # two jobs, not 2 x 2: a child that re-ran the sweep would add jobs or directories
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (tmp_path / "stray").exists()
+    heads = []
+    for job in ("0", "1"):
+        job_dir = sweep_dir / job
+        summary = json.loads((job_dir / "summary.json").read_text())
+        assert summary["paths"]["run_dir"] == str(job_dir) and summary["world_size"] == 2
+        assert (job_dir / "train_ddp_process_1.log").is_file()
+        assert sorted(p.name for p in job_dir.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
+        heads.append(
+            torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
+        )
+    assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]

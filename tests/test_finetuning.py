@@ -153,6 +153,7 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
     from vitcls.models.module import load_classifier
 
     root = image_folder_factory({"a": 4, "b": 4})
+    torch._dynamo.reset()
     summary = run(
         compose_config(
             "train",
@@ -167,6 +168,7 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
             ],
         )
     )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the features really ran compiled
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["backbone"]["compile"] is True

@@ -69,9 +69,9 @@ class ImageClassifier(L.LightningModule):
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
         self.frozen_backbone_parts = apply_trainability(self.backbone, train_blocks, bitfit)
         self.data_config = resolve_data_config(self.backbone)
-        if compile_backbone:
-            # In place (nn.Module.compile): state_dict keys stay free of `_orig_mod.`, checkpoints load uncompiled.
-            self.backbone.compile()
+        # The tap calls timm's forward_features/forward_intermediates, not backbone.forward, so the tap is
+        # what gets compiled; it holds no weights (state_dict keys and deep copies, e.g. EMA, are unaffected).
+        self._run_tap = torch.compile(self.tap) if compile_backbone else self.tap
 
         metrics = classification_metrics(num_classes)
         # ModuleDict keys must not shadow nn.Module attributes ("train"), hence the suffix.
@@ -90,7 +90,7 @@ class ImageClassifier(L.LightningModule):
         frozen, autograd records nothing before the first trainable parameter anyway."""
         backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
-            return self.tap(self.backbone, images)
+            return self._run_tap(self.backbone, images)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

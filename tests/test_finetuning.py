@@ -75,7 +75,7 @@ def attached_datamodule(root, data_config, **kwargs):
 
     from vitcls.data.datamodule import ImageFolderDataModule
 
-    datamodule = ImageFolderDataModule(root, num_workers=0, **kwargs)
+    datamodule = ImageFolderDataModule(root, num_workers=0, **{"batch_size": 4, **kwargs})
     datamodule.set_data_config(data_config)
     datamodule.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     datamodule.setup("fit")

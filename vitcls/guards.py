@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import lightning as L
 import torch
@@ -20,10 +21,14 @@ class NonFiniteLossError(VitclsError, FloatingPointError):
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str | None:
-    callback = trainer.checkpoint_callback
-    if callback is None:
-        return None
-    return getattr(callback, "last_model_path", None) or getattr(callback, "best_model_path", None) or None
+    """The newest checkpoint any ModelCheckpoint wrote (last.ckpt and the best one come from different ones)."""
+    paths = {
+        path
+        for callback in trainer.checkpoint_callbacks
+        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+        if path and os.path.isfile(path)
+    }
+    return max(paths, key=os.path.getmtime, default=None)
 
 
 class NonFiniteLossGuard(Callback):

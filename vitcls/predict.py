@@ -26,13 +26,13 @@ from torchvision.transforms.functional import to_pil_image
 
 from vitcls.data.datamodule import default_num_workers
 from vitcls.data.dataset import ImageDecodeError
-from vitcls.data.images import load_rgb, to_rgb
+from vitcls.data.images import BadImageError, load_rgb, to_rgb
 from vitcls.data.transforms import build_eval_transform
 from vitcls.errors import ConfigError
 from vitcls.export import ONNX_FILE, load_exported_module, onnx_session, read_config
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 BACKENDS = ("torch", "onnx")
 
 
@@ -66,7 +66,8 @@ class InputDataset(Dataset):
         try:
             return index, self.transform(as_image(self.items[index])), None
         except DECODE_ERRORS as error:
-            return index, None, f"{type(error).__name__}: {error}"
+            reason = error.reason if isinstance(error, BadImageError) else f"{type(error).__name__}: {error}"
+            return index, None, reason
 
 
 @dataclass

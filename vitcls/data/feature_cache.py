@@ -16,6 +16,7 @@ stands for, written last: an entry without its JSON is incomplete and recomputed
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -45,8 +46,10 @@ FORMAT_VERSION = 1
 _NOT_FEATURE_SETTINGS = frozenset({"train_blocks", "bitfit", "pretrained", "weights", "drop_path_rate"})
 
 
-def check_cacheable(module: torch.nn.Module, train_augment: Any) -> None:
+def check_cacheable(module: torch.nn.Module, train_augment: Any, mixup: Any = None) -> None:
     """Cached features stand in for the backbone only if it never changes and sees fixed inputs."""
+    if mixup:
+        raise ConfigError("data.feature_cache=true cannot mix images (data.mixup): set data.mixup=null")
     trainable = any(p.requires_grad for p in module.backbone.parameters())
     if trainable or train_augment:
         raise ConfigError(
@@ -149,45 +152,16 @@ def compute_features(
     return torch.cat(features), torch.cat(labels)
 
 
-class FeatureDataModule(L.LightningDataModule):
-    """(features, label) batches with the batch sizes, order and drop rule of the image DataModule.
+def feature_datamodule(images: ImageFolderDataModule, datasets: dict[str, TensorDataset]) -> ImageFolderDataModule:
+    """The image DataModule, serving (features, label) instead of images.
 
-    Its hyperparameters are the image DataModule's, so checkpoints record the image data settings
-    and eval.py scores them on images.
+    A shallow copy with other datasets: the same hyperparameters (checkpoints record the image settings,
+    so eval.py scores images), samplers, batch sizes, drop rule, worker settings and loader seeds, so the
+    random stream of the cached run (shuffling, dropout) is the uncached run's.
     """
-
-    def __init__(self, images: ImageFolderDataModule, datasets: dict[str, TensorDataset]):
-        super().__init__()
-        self.save_hyperparameters(dict(images.hparams))
-        self.images = images
-        self.datasets = datasets
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        # The image DataModule's worker settings, although the features are in memory: a DataLoader draws
-        # a seed from the global RNG per iterator, and persistent workers keep one iterator for the whole
-        # fit. Other settings would shift the random stream (shuffling, dropout) away from the uncached run.
-        workers = self.hparams.num_workers
-        if workers is None:
-            workers = default_num_workers(getattr(self.trainer, "num_devices", 1) if self.trainer else 1)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=workers,
-            persistent_workers=self.hparams.persistent_workers and workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        batch_size = self.hparams.batch_size
-        drop_last = self.hparams.drop_last and len(self.datasets["train"]) >= batch_size
-        return self._loader("train", batch_size, shuffle=True, drop_last=drop_last)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+    features = copy.copy(images)
+    features.datasets = datasets
+    return features
 
 
 def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision: str) -> dict[str, str]:
@@ -203,9 +177,9 @@ def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision
 
 def build_feature_datamodule(
     images: ImageFolderDataModule, module: torch.nn.Module, trainer: L.Trainer, cache_dir: str | os.PathLike
-) -> FeatureDataModule:
+) -> ImageFolderDataModule:
     """Load each split's features from `cache_dir`, computing (and storing) the missing ones."""
-    check_cacheable(module, images.hparams.train_augment)
+    check_cacheable(module, images.hparams.train_augment, images.hparams.mixup)
     images.setup()
     cache = FeatureCache(cache_dir)
     device = trainer.strategy.root_device
@@ -241,4 +215,4 @@ def build_feature_datamodule(
         else:
             log.info("feature cache: %s features loaded from %s", split, cache.paths(key)[0])
         datasets[split] = TensorDataset(*cached)
-    return FeatureDataModule(images, datasets)
+    return feature_datamodule(images, datasets)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -63,10 +64,18 @@ def pick_size(args: argparse.Namespace, full, quick, tiny):
     return tiny if args.tiny else quick if args.quick else full
 
 
+def link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
 def subset_folder(
     root: Path, destination: Path, train_per_class: int | None, test_per_class: int | None
 ) -> Path:
-    """ROOT/{train,test}/<class>/ with the first N files of each class, as symlinks (nothing copied)."""
+    """ROOT/{train,test}/<class>/ with the first N files of each class, hard-linked where the file system
+    allows, else copied (symlinks leading outside data.root count as bad files)."""
     if train_per_class is None and test_per_class is None:
         return root
     for split, limit in (("train", train_per_class), ("test", test_per_class)):
@@ -74,7 +83,7 @@ def subset_folder(
             target = destination / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for image in sorted(p for p in class_dir.iterdir() if p.is_file())[:limit]:
-                (target / image.name).symlink_to(image.resolve())
+                link_or_copy(image.resolve(), target / image.name)
     return destination
 
 

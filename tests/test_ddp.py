@@ -17,7 +17,7 @@ from vitcls.metrics import METRIC_NAMES
 
 DDP_OVERRIDES = [o for o in FAST_OVERRIDES if not o.startswith("trainer=")] + [
     "trainer=ddp_cpu",
-    "data.batch_size=4",
+    "data.batch_size=2",
     "trainer.max_epochs=1",
     "trainer.num_sanity_val_steps=0",
 ]
@@ -58,7 +58,7 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
         env={"VITCLS_LOG_DIR": str(tmp_path / "stray")},
     )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 4
     test_size = summary["num_samples"]["test"]
     assert test_size % 2 == 1 and summary["num_samples"]["val"] % 2 == 1
     assert confusion_total(run_dir / "test_confusion_matrix.csv") == test_size

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import Tensor
 
 # Set in the launching process by Lightning's _SubprocessScriptLauncher.
@@ -73,14 +75,21 @@ def gather_in_dataset_order(module: L.LightningModule, local: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def ddp_scoped_to_this_hydra_job() -> Iterator[None]:
+def ddp_scoped_to_this_hydra_job(trainer: L.Trainer) -> Iterator[None]:
     """DDP inside a Hydra job: the child processes re-run this job (not the sweep), and the process group
     ends with the job, since Lightning leaves it open and bound to children that are gone once they finish:
-    the next job of a multirun, in the same process, starts a new one.
+    the next job of a multirun, in the same process, starts a new one. When the job fails, its children
+    are killed: Lightning only does so for Ctrl+C, and a child left waiting in a collective would hang the
+    next job (and the sweep) forever.
     """
     try:
         with _children_rerun_this_hydra_job():
             yield
+    except Exception:
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            launcher.kill(signal.SIGKILL)
+        raise
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

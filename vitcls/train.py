@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.get("feature_cache"):
         batches = build_feature_datamodule(datamodule, module, trainer, cfg.data.feature_cache_dir)
         module.inputs_are_features = True
-    with ddp_scoped_to_this_hydra_job():
+    with ddp_scoped_to_this_hydra_job(trainer):
         trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
         best_path, best_epoch, best_score = best_checkpoint(trainer)
         test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True,

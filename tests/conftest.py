@@ -73,3 +73,10 @@ def image_folder_factory(tmp_path):
 def compose_config(config_name: str = "train", overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [])
+
+
+def train_in_process(output_dir, *overrides):
+    """vitcls.train.run on the composed train config, with the fast CPU settings."""
+    from vitcls.train import run
+
+    return run(compose_config("train", [f"paths.output_dir={output_dir}", *FAST_OVERRIDES, *overrides]))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config, make_image_folder
+from conftest import FAST_OVERRIDES, compose_config, make_image_folder, train_in_process
 from messy_data import BAD_FILE_KINDS, make_messy_folder
 
 from vitcls.data.datamodule import ImageFolderDataModule
@@ -14,18 +14,14 @@ from vitcls.data.dataset import ImageDecodeError
 from vitcls.data.quality import BadImagesError
 from vitcls.data.transforms import resolve_data_config
 from vitcls.models.backbone import create_backbone
-from vitcls.train import build_module, run
-
-
-def train(output_dir, *overrides):
-    return run(compose_config("train", [f"paths.output_dir={output_dir}", *FAST_OVERRIDES, *overrides]))
+from vitcls.train import build_module
 
 
 def test_error_policy_stops_before_training_and_lists_every_bad_file(tmp_path):
     root = tmp_path / "messy"
     bad = make_messy_folder(root)
     with pytest.raises(BadImagesError) as caught:
-        train(tmp_path / "run", f"data.root={root}")
+        train_in_process(tmp_path / "run", f"data.root={root}")
     message = str(caught.value)
     for kind in BAD_FILE_KINDS:
         assert str(bad[kind]) in message, kind
@@ -38,7 +34,7 @@ def test_skip_policy_trains_without_the_bad_files_and_counts_them(tmp_path, capl
     root = tmp_path / "messy"
     bad = make_messy_folder(root)
     with caplog.at_level(logging.WARNING):
-        summary = train(
+        summary = train_in_process(
             tmp_path / "run", f"data.root={root}", "data.on_bad_image=skip", "trainer.max_epochs=1"
         )
     assert summary["skipped_files"] == 5

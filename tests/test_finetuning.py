@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config
+from conftest import FAST_OVERRIDES, compose_config, train_in_process
 from lightning.pytorch.callbacks import Callback
 
 from vitcls.train import run
@@ -127,19 +127,10 @@ def test_training_with_mixup_and_augmentation_logs_loss_but_no_train_accuracy(im
     import csv
 
     root = image_folder_factory({"a": 8, "b": 8})
-    summary = run(
-        compose_config(
-            "train",
-            [
-                f"paths.output_dir={tmp_path}",
-                *FAST_OVERRIDES,
-                f"data.root={root}",
-                "data.batch_size=4",
-                "trainer.max_epochs=1",
-                "data.mixup={mixup_alpha:0.8,cutmix_alpha:1.0}",
-                "data.train_augment={auto_augment:rand-m9-mstd0.5-inc1,re_prob:0.25,hflip:0.5}",
-            ],
-        )
+    summary = train_in_process(
+        tmp_path, f"data.root={root}", "data.batch_size=4", "trainer.max_epochs=1",
+        "data.mixup={mixup_alpha:0.8,cutmix_alpha:1.0}",
+        "data.train_augment={auto_augment:rand-m9-mstd0.5-inc1,re_prob:0.25,hflip:0.5}",
     )
     with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -154,19 +145,10 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
 
     root = image_folder_factory({"a": 4, "b": 4})
     torch._dynamo.reset()
-    summary = run(
-        compose_config(
-            "train",
-            [
-                f"paths.output_dir={tmp_path}",
-                *FAST_OVERRIDES,
-                f"data.root={root}",
-                "data.batch_size=4",
-                "trainer.max_epochs=1",
-                "model.compile=true",
-                "trainer.num_sanity_val_steps=0",
-            ],
-        )
+    summary = train_in_process(
+        tmp_path, f"data.root={root}", "data.batch_size=4", "trainer.max_epochs=1",
+        "model.compile=true",
+        "trainer.num_sanity_val_steps=0",
     )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the features really ran compiled
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, make_image_folder
+from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, make_image_folder, train_in_process
 from sklearn import metrics as skm
 
 from vitcls.metrics import METRIC_NAMES
 from vitcls.train import run
-
-
-def train_in_process(output_dir, *overrides):
-    cfg = compose_config("train", [f"paths.output_dir={output_dir}", *FAST_OVERRIDES, *overrides])
-    return run(cfg)
 
 
 def run_cli(script, *overrides, expect_success=True):

@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad
 from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from vitcls.data.quality import apply_bad_image_policy, check_file, check_files, warn_about_leakage
+from vitcls.data.quality import (
+    CheckMemo,
+    apply_bad_image_policy,
+    check_file,
+    check_files,
+    warn_about_leakage,
+)
 from vitcls.data.split import stratified_split
 from vitcls.data.transforms import build_eval_transform, build_train_transform
 from vitcls.errors import ConfigError
@@ -84,6 +90,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
         self.mixup: Mixup | None = None
+        # Set where the datasets hold tensors in memory (vitcls.data.feature_cache): worker processes would
+        # only add start-up time. Not a hyperparameter, so checkpoints keep the image settings.
+        self.loader_workers: int | None = None
+        # Decode checks of an earlier scan, reused for unchanged files (set by vitcls.train for sweeps).
+        self.check_memo: CheckMemo | None = None
 
     # --- folder and splits -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -94,7 +105,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Validate the folder (raises DatasetLayoutError with the expected layout) and cache the scan."""
         if self._scan is None:
             scan = read_folder(self.root)
-            checks = check_files(scan.all_files(), self.hparams.max_image_pixels)
+            checks = check_files(scan.all_files(), self.hparams.max_image_pixels, memo=self.check_memo)
             self._skipped = apply_bad_image_policy(scan, checks, self.hparams.on_bad_image)
             self._scan = validate_scan(scan)
             warn_about_leakage(scan, [c for c in checks if c.path not in self._skipped])
@@ -229,7 +240,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _loader(
         self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False, generator=None
     ) -> DataLoader:
-        workers = self.hparams.num_workers
+        workers = self.loader_workers if self.loader_workers is not None else self.hparams.num_workers
         if workers is None:
             workers = default_num_workers(self._devices())
         pin = self.hparams.pin_memory if self.hparams.pin_memory is not None else self._on_cuda()
@@ -251,17 +262,23 @@ class ImageFolderDataModule(L.LightningDataModule):
         batch_size = self.hparams.batch_size
         sampler = self._train_sampler()
         drop_last = self.hparams.drop_last and len(sampler) >= batch_size
-        # Worker seeds come from this generator, not from the global RNG: creating an iterator must not shift the
-        # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
-        generator = torch.Generator().manual_seed(self.hparams.shuffle_seed)
-        return self._loader("train", batch_size, sampler, drop_last=drop_last, generator=generator)
+        return self._loader("train", batch_size, sampler, drop_last=drop_last, generator=self._loader_generator())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("val"))
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, self._eval_sampler("test"))
+        return self._eval_loader("test")
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        return self._loader(split, batch_size, self._eval_sampler(split), generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        # Every iterator a DataLoader creates draws its worker base seed from this generator, not from the global
+        # RNG: how many iterators there are (persistent workers or not, a sanity check or not) must not shift the
+        # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
+        return torch.Generator().manual_seed(self.hparams.shuffle_seed)
 
 
 def _stat(path: str) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import lightning as L
 import safetensors.torch
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
 from vitcls.data.folder import Sample
@@ -156,11 +156,12 @@ def feature_datamodule(images: ImageFolderDataModule, datasets: dict[str, Tensor
     """The image DataModule, serving (features, label) instead of images.
 
     A shallow copy with other datasets: the same hyperparameters (checkpoints record the image settings,
-    so eval.py scores images), samplers, batch sizes, drop rule, worker settings and loader seeds, so the
-    random stream of the cached run (shuffling, dropout) is the uncached run's.
+    so eval.py scores images), samplers, batch sizes, drop rule and loader seeds, so the random stream of
+    the cached run (shuffling, dropout) is the uncached run's. In-memory tensors need no worker processes.
     """
     features = copy.copy(images)
     features.datasets = datasets
+    features.loader_workers = 0
     return features
 
 
@@ -175,6 +176,33 @@ def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision
     }
 
 
+def compute_missing_splits(
+    images: ImageFolderDataModule, splits: list[str], module: torch.nn.Module, trainer: L.Trainer
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Features of `splits` in one inference pass: one DataLoader, so worker processes start once."""
+    datasets = [images.datasets[split] for split in splits]
+    log.info(
+        "feature cache: computing the features of %s",
+        ", ".join(f"{len(dataset)} {split}" for split, dataset in zip(splits, datasets, strict=True)),
+    )
+    workers = images.hparams.num_workers
+    loader = DataLoader(
+        ConcatDataset(datasets),
+        batch_size=images.hparams.eval_batch_size or images.hparams.batch_size,
+        num_workers=default_num_workers() if workers is None else workers,
+    )
+    device = trainer.strategy.root_device
+    home = next(module.parameters()).device
+    # Forked RNG: the training that follows draws the same random numbers as without a cache.
+    with torch.random.fork_rng(devices=[]):
+        features, labels = compute_features(
+            module.to(device), loader, device, trainer.precision_plugin.forward_context
+        )
+    module.to(home)
+    sizes = [len(dataset) for dataset in datasets]
+    return dict(zip(splits, zip(features.split(sizes), labels.split(sizes), strict=True), strict=True))
+
+
 def build_feature_datamodule(
     images: ImageFolderDataModule, module: torch.nn.Module, trainer: L.Trainer, cache_dir: str | os.PathLike
 ) -> ImageFolderDataModule:
@@ -182,37 +210,20 @@ def build_feature_datamodule(
     check_cacheable(module, images.hparams.train_augment, images.hparams.mixup)
     images.setup()
     cache = FeatureCache(cache_dir)
-    device = trainer.strategy.root_device
-    home = next(module.parameters()).device
-    datasets = {}
-    for split, key in split_keys(images, module, str(trainer.precision)).items():
-        cached = cache.load(key)
-        if cached is None:
-            log.info(
-                "feature cache: computing the %s features of %d images", split, len(images.datasets[split])
-            )
-            workers = images.hparams.num_workers
-            loader = DataLoader(
-                images.datasets[split],
-                batch_size=images.hparams.eval_batch_size or images.hparams.batch_size,
-                num_workers=default_num_workers() if workers is None else workers,
-            )
-            # Forked RNG: the training that follows draws the same random numbers as without a cache.
-            with torch.random.fork_rng(devices=[]):
-                cached = compute_features(
-                    module.to(device), loader, device, trainer.precision_plugin.forward_context
-                )
-            module.to(home)
-            cache.save(
-                key,
-                *cached,
-                {
-                    "split": split,
-                    "data_root": str(images.root),
-                    "backbone": module.hparams["backbone"].get("name"),
-                },
-            )
-        else:
+    keys = split_keys(images, module, str(trainer.precision))
+    found = {split: cache.load(key) for split, key in keys.items()}
+    for split, key in keys.items():
+        if found[split] is not None:
             log.info("feature cache: %s features loaded from %s", split, cache.paths(key)[0])
-        datasets[split] = TensorDataset(*cached)
-    return feature_datamodule(images, datasets)
+    missing = [split for split, tensors in found.items() if tensors is None]
+    if missing:
+        computed = compute_missing_splits(images, missing, module, trainer)
+        for split, tensors in computed.items():
+            description = {
+                "split": split,
+                "data_root": str(images.root),
+                "backbone": module.hparams["backbone"].get("name"),
+            }
+            cache.save(keys[split], *tensors, description)
+        found.update(computed)
+    return feature_datamodule(images, {split: TensorDataset(*found[split]) for split in SPLITS})

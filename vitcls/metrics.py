@@ -43,9 +43,8 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "recall_macro": MulticlassRecall(**kwargs("macro")),
             "recall_weighted": MulticlassRecall(**kwargs("weighted")),
         },
-        # Each metric keeps its own state, so the metrics can be logged one by one (Lightning then
-        # computes and resets each at epoch end); shared compute-group state would go stale.
-        compute_groups=False,
+        # The default compute groups: the metrics built on the same stat scores share one state and
+        # one update per batch. Computed and reset as a collection (ImageClassifier._log_epoch_metrics).
     )
 
 

@@ -88,6 +88,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
         check_run_dir(output_dir, cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    # Under DDP: the metrics are logged after torchmetrics synced them, identical on every rank.
+    warnings.filterwarnings(
+        "ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({'|'.join(METRIC_NAMES)})'"
+    )
     validate_resume_checkpoint(ckpt_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -20,6 +20,7 @@ from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config_checks import check_run_dir, check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
+from vitcls.data.quality import CheckMemo
 from vitcls.distributed import batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.export import export_checkpoint
 from vitcls.instantiate import instantiate_dict_group, to_plain
@@ -34,14 +35,18 @@ from vitcls.tracking import log_run_config, log_test_results
 log = logging.getLogger(__name__)
 
 
-# Settings of the data group that vitcls.train acts on, not arguments of the DataModule.
-FEATURE_CACHE_SETTINGS = ("feature_cache", "feature_cache_dir")
+# Settings of the data group that vitcls.train acts on, not arguments of the DataModule (so not recorded in
+# checkpoints: where caches live says nothing about the data).
+RUN_SETTINGS = ("feature_cache", "feature_cache_dir", "image_check_cache_dir")
 
 
 def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
     """Instantiate, materialise (demo/download sources) and validate the folder: no model needed yet."""
-    settings = {k: v for k, v in to_plain(data_cfg).items() if k not in FEATURE_CACHE_SETTINGS}
+    settings = {k: v for k, v in to_plain(data_cfg).items() if k not in RUN_SETTINGS}
     datamodule = hydra.utils.instantiate(settings, _convert_="all")
+    memo_dir = data_cfg.get("image_check_cache_dir") or (data_cfg.feature_cache_dir if data_cfg.get("feature_cache") else None)
+    if memo_dir:
+        datamodule.check_memo = CheckMemo.in_directory(memo_dir, datamodule.root)
     datamodule.prepare_data()
     datamodule.scan()
     return datamodule
@@ -83,15 +88,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Under DDP: the metrics are logged after torchmetrics synced them, identical on every rank.
+    warnings.filterwarnings(
+        "ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({'|'.join(METRIC_NAMES)})'"
+    )
     output_dir = Path(cfg.paths.output_dir)
     check_train_config(cfg)
     if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
         check_run_dir(output_dir, cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    # Under DDP: the metrics are logged after torchmetrics synced them, identical on every rank.
-    warnings.filterwarnings(
-        "ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({'|'.join(METRIC_NAMES)})'"
-    )
     validate_resume_checkpoint(ckpt_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -8,6 +8,7 @@ its bytes. `apply_bad_image_policy` turns the findings into the `data.on_bad_ima
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from vitcls.data.folder import DatasetLayoutError, FolderScan
 from vitcls.data.images import BadImageError, ImageInfo, decode_image
 from vitcls.errors import ConfigError
+from vitcls.reports import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,78 @@ def check_file(path: str, max_pixels: int) -> FileCheck:
     return FileCheck(path, len(data), digest, info)
 
 
-def check_files(paths: list[str], max_pixels: int, workers: int | None = None) -> list[FileCheck]:
-    """One FileCheck per path, in order."""
+def check_files(
+    paths: list[str], max_pixels: int, workers: int | None = None, memo: CheckMemo | None = None
+) -> list[FileCheck]:
+    """One FileCheck per path, in order; with a memo, only files new or changed since its last scan are read."""
     workers = workers or min(8, os.cpu_count() or 1)
+
+    def check(path: str) -> tuple[FileCheck, tuple[int, int] | None, bool]:
+        stat = file_stat(path)  # taken before reading: a file rewritten meanwhile is checked again next time
+        remembered = memo.get(path, stat, max_pixels) if memo is not None else None
+        return remembered or check_file(path, max_pixels), stat, remembered is not None
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda path: check_file(path, max_pixels), paths))
+        results = list(pool.map(check, paths))
+    if memo is not None and not (all(known for *_, known in results) and len(results) == len(memo.entries)):
+        memo.save([(result, stat) for result, stat, _ in results], max_pixels)
+    return [result for result, *_ in results]
+
+
+def file_stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime_ns), or None for a file that cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+class CheckMemo:
+    """FileChecks of an earlier scan in one JSON file, reused while a file's size and mtime stay the same.
+
+    For sweeps over large folders (every run would decode every image again). The same assumption as
+    make, rsync and the feature cache: a rewritten file changes its mtime. Writes are atomic; of two
+    runs saving at once, the last one wins.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.entries: dict = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @classmethod
+    def in_directory(cls, directory: str | os.PathLike, root: Path) -> CheckMemo:
+        """The memo of the folder `root` in `directory` (one file per folder)."""
+        name = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+        return cls(Path(directory).expanduser() / f"image_checks_{name}.json")
+
+    def get(self, path: str, stat: tuple[int, int] | None, max_pixels: int) -> FileCheck | None:
+        entry = self.entries.get(path)
+        if stat is None or not entry or entry["stat"] != list(stat) or entry["max_pixels"] != max_pixels:
+            return None
+        info = ImageInfo(**entry["info"]) if entry["info"] else None
+        return FileCheck(path, entry["num_bytes"], entry["digest"], info, entry["reason"])
+
+    def save(self, results: list[tuple[FileCheck, tuple[int, int] | None]], max_pixels: int) -> None:
+        self.entries = {
+            check.path: {
+                "stat": list(stat),
+                "max_pixels": max_pixels,
+                "num_bytes": check.num_bytes,
+                "digest": check.digest,
+                "info": check.info and vars(check.info),
+                "reason": check.reason,
+            }
+            for check, stat in results
+            if stat is not None
+        }
+        try:
+            write_json_atomic(self.path, self.entries)
+        except OSError as error:  # a read-only cache directory costs time, not the run
+            log.warning("cannot remember the image checks in %s: %s", self.path, error)
 
 
 def duplicate_groups(checks: list[FileCheck]) -> list[list[str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,21 @@ def image_folder_factory(tmp_path):
 def compose_config(config_name: str = "train", overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [])
+
+
+def run_cli(script, *overrides, expect_success=True, env=None):
+    """`python <script> <overrides>` from the repository root, as a user runs it."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+    if expect_success:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def train_in_process(output_dir, *overrides):

@@ -27,7 +27,7 @@ def test_train_bench(fruits_root, tmp_path):
     pytest.importorskip("transformers")
     from bench import train
 
-    train.main(["--tiny", "--data-root", str(fruits_root), "--out", str(tmp_path)])
+    train.main(["--tiny", "--compile", "--data-root", str(fruits_root), "--out", str(tmp_path)])
     data = results(tmp_path, "train")
     keys = {
         "hf_trainer_ips",
@@ -43,7 +43,8 @@ def test_train_bench(fruits_root, tmp_path):
     }
     assert keys <= set(data)
     assert all(data[k] > 0 for k in ("hf_trainer_ips", "bare_ips", "vitcls_ips", "matmul_peak_gflops"))
-    assert set(data["peak_mem_mb"]) == {"hf", "bare", "vitcls"}
+    assert set(data["peak_mem_mb"]) == {"hf", "bare", "vitcls", "vitcls_compile"}
+    assert data["vitcls_compile_ips"] > 0 and data["vitcls_compile_vs_bare"] > 0
 
 
 def test_data_bench(fruits_root, tmp_path):

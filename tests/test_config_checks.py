@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config
-from test_train import run_cli
+from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, run_cli
 
 from vitcls.config_checks import check_run_dir
 from vitcls.errors import ConfigError

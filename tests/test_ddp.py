@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, REPO_ROOT
+from conftest import FAST_OVERRIDES, run_cli
 
 from vitcls.metrics import METRIC_NAMES
 
@@ -21,19 +18,6 @@ DDP_OVERRIDES = [o for o in FAST_OVERRIDES if not o.startswith("trainer=")] + [
     "trainer.max_epochs=1",
     "trainer.num_sanity_val_steps=0",
 ]
-
-
-def run_script(script, *overrides, env=None):
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def confusion_total(path) -> int:
@@ -50,7 +34,7 @@ def odd_folder(image_folder_factory):
 @pytest.mark.slow
 def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_folder, tmp_path):
     run_dir = tmp_path / "run"
-    run_script(
+    run_cli(
         "train.py",
         f"data.root={odd_folder}",
         f"hydra.run.dir={run_dir}",
@@ -70,7 +54,7 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
     assert len([r for r in rows if r.get("test/acc")]) == 1
 
     eval_dir = tmp_path / "eval"
-    run_script(
+    run_cli(
         "eval.py",
         f"ckpt_path={summary['best_ckpt']}",
         f"hydra.run.dir={eval_dir}",
@@ -88,7 +72,7 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
 def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 4, "b": 4})
     sweep_dir = tmp_path / "sweep"
-    run_script(
+    run_cli(
         "train.py",
         "-m",
         f"data.root={root}",

@@ -7,8 +7,7 @@ import json
 import pytest
 import timm
 import torch
-from conftest import FAST_OVERRIDES
-from test_train import run_cli
+from conftest import FAST_OVERRIDES, run_cli
 
 from vitcls.errors import ConfigError
 from vitcls.models.heads import HEADS

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, make_image_folder, train_in_process
+from conftest import FAST_OVERRIDES, compose_config, make_image_folder, run_cli, train_in_process
 from sklearn import metrics as skm
 
 from vitcls.metrics import METRIC_NAMES
 from vitcls.train import run
-
-
-def run_cli(script, *overrides, expect_success=True):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / script), *overrides], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=900)
-    if expect_success:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 @pytest.mark.data

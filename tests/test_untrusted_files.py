@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config
-from test_train import run_cli
+from conftest import FAST_OVERRIDES, compose_config, run_cli
 
 from vitcls.checkpoints import UnsafeCheckpointError, load_checkpoint
 from vitcls.errors import ConfigError

@@ -1,6 +1,6 @@
 """Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a bare loop.
 
-    python bench/train.py [--quick | --tiny | --gpu] [--vitcls-override model.compile=true ...]
+    python bench/train.py [--quick | --tiny | --gpu] [--compile] [--vitcls-override KEY=VALUE ...]
 
 Same model shape (ViT-Tiny/16, randomly initialised), images (Fruits-360 subset), batch size and
 precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in three variants, each in its own process (so peak memories are separate):
@@ -8,6 +8,8 @@ precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in three varia
           `ViTForImageClassification` from a `ViTConfig`, `transformers.Trainer`
   bare    a plain PyTorch loop over the timm model, images decoded in 2 DataLoader workers
   vitcls  `python train.py` as a user runs it, timed by bench.timing.LoopTimer
+  vitcls_compile  (--compile) the same with model.compile=true (torch.compile, Inductor; the
+          compilation happens in the warm-up steps and the first test batch, outside the timings)
 Images/s are steady state (after warm-up steps). FLOP utilisation = 3 x forward FLOPs (torch's
 FlopCounterMode) x images/s / a measured matmul peak of the same precision. Writes bench/results/train.json.
 """
@@ -260,6 +262,18 @@ def vitcls_command(root: Path, size: Size, work: Path, overrides: list[str]) -> 
     ]
 
 
+def compiled_results(runs: dict, bare: dict) -> dict:
+    compiled = runs.get("vitcls_compile")
+    if compiled is None:
+        return {}
+    return {
+        "vitcls_compile_ips": compiled["train_ips"],
+        "vitcls_compile_eval_ips": compiled["eval_ips"],
+        "vitcls_compile_vs_bare": compiled["train_ips"] / bare["train_ips"],
+        "vitcls_compile_eval_vs_bare": compiled["eval_ips"] / bare["eval_ips"],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=[],
         metavar="KEY=VALUE",
         help="an extra override for vitcls's train.py (repeatable), e.g. model.compile=true",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also run vitcls with model.compile=true (minutes of compilation)"
     )
     parser.add_argument("--variant", choices=("hf", "bare"), help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -312,8 +329,12 @@ def main(argv: list[str] | None = None) -> dict:
                 **run_measured(command, work / f"{variant}.log"),
                 **read_json(work / f"{variant}.json"),
             }
-        command = vitcls_command(root, size, work, args.vitcls_override)
-        runs["vitcls"] = {**run_measured(command, work / "vitcls.log"), **read_json(work / "vitcls.json")}
+        variants = {"vitcls": args.vitcls_override}
+        if args.compile:
+            variants["vitcls_compile"] = [*args.vitcls_override, "model.compile=true"]
+        for name, overrides in variants.items():
+            command = vitcls_command(root, size, work / name, overrides)
+            runs[name] = {**run_measured(command, work / f"{name}.log"), **read_json(work / name / "vitcls.json")}
 
     hf, bare, ours = runs["hf"], runs["bare"], runs["vitcls"]
     results = {
@@ -335,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_mem_mb": {name: run["peak_mem_mb"] for name, run in runs.items()},
         "vitcls_data_wait_fraction": ours.get("data_wait_fraction"),
         "vitcls_overrides": args.vitcls_override,
+        **compiled_results(runs, bare),
         "runs": runs,
     }
     path = write_results("train", args.out, size, results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import traceback
 import warnings
@@ -51,6 +52,9 @@ def _user_error_message(error: Exception) -> str | None:
     return None
 
 
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
 def record_failure(run_dir: Path, error: Exception) -> Path:
     """<run_dir>/FAILED.json: what went wrong, for `vitcls-compare` and for whoever reads the sweep."""
     from vitcls.reports import write_json_atomic
@@ -77,11 +81,22 @@ def failures_recorded(main):
     @functools.wraps(main)
     def wrapper(cfg: DictConfig):
         route_lightning_logs_through_hydra()
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         from vitcls.tracking import finish_wandb
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             result = main(cfg)
+        except SIGTERMException:
+            # Lightning stops on SIGTERM with a SystemExit of status 0; a preempted job must not look finished
+            # to the scheduler or the sweep, so exit as a process killed by SIGTERM would (the whole sweep stops).
+            finish_wandb(exit_code=SIGTERM_EXIT_CODE)
+            log.warning(
+                "stopped by SIGTERM; checkpoints/interrupted.ckpt holds the state: resume with "
+                "ckpt_path=last hydra.run.dir=%s", run_dir
+            )
+            sys.exit(SIGTERM_EXIT_CODE)
         except Exception as error:
             finish_wandb(exit_code=1)
             record_failure(run_dir, error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 
@@ -20,3 +21,16 @@ class NonFiniteLoss(nn.CrossEntropyLoss):
         call = self.training_calls
         self.training_calls += 1
         return loss * float("nan") if (call in self.nan_calls or -1 in self.nan_calls) else loss
+
+
+class FailOnRankZero(Callback):
+    """Raises on global rank 0 at training batch `at_batch` of the first epoch; the other ranks go on into the
+    gradient all-reduce, where they would wait forever for rank 0."""
+
+    def __init__(self, enabled: bool = True, at_batch: int = 0):
+        self.enabled = enabled
+        self.at_batch = at_batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.enabled and trainer.global_rank == 0 and batch_idx == self.at_batch:
+            raise RuntimeError("injected failure on rank 0")

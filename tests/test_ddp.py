@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +98,27 @@ def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_fold
             torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
         )
     assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]
+
+
+@pytest.mark.slow
+def test_a_ddp_job_failing_on_rank_zero_is_recorded_and_the_sweep_goes_on(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 4, "b": 4})
+    sweep_dir = tmp_path / "sweep"
+    tests_dir = str(Path(__file__).resolve().parent)  # fault_injection, for the job and its DDP child
+    run_cli(
+        "train.py",
+        "-m",
+        f"data.root={root}",
+        *DDP_OVERRIDES,
+        "trainer.limit_val_batches=1",
+        "+callbacks.fault._target_=fault_injection.FailOnRankZero",
+        "+callbacks.fault.enabled=true,false",
+        f"hydra.sweep.dir={sweep_dir}",
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))},
+    )
+    # Job 0's rank 1 was left in the gradient all-reduce: unless it is killed, the sweep never gets to job 1.
+    failure = json.loads((sweep_dir / "0" / "FAILED.json").read_text())
+    assert failure["error_type"] == "RuntimeError" and "injected failure on rank 0" in failure["message"]
+    assert not (sweep_dir / "0" / "summary.json").exists()
+    summary = json.loads((sweep_dir / "1" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_steps"] >= 1

@@ -88,11 +88,21 @@ def ddp_scoped_to_this_hydra_job(trainer: L.Trainer) -> Iterator[None]:
     except Exception:
         launcher = trainer.strategy.launcher
         if isinstance(launcher, _SubprocessScriptLauncher):
-            launcher.kill(signal.SIGKILL)
+            _end_children(launcher)
         raise
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _end_children(launcher: _SubprocessScriptLauncher) -> None:
+    """SIGKILL and reap the job's child processes, then empty the launcher's list of them: Lightning's
+    child-process observer thread watches that same list and, seeing a child killed, would SIGKILL this
+    process too, taking the rest of the sweep with it."""
+    launcher.kill(signal.SIGKILL)
+    for process in launcher.procs:
+        process.wait()
+    launcher.procs.clear()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ generators (dropout, drop-path, augmentation), which `RestoreRNGStates` adds.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vitcls.errors import ConfigError
 
-# Written by ModelCheckpoint(save_last=true) after every validation, and by OnExceptionCheckpoint when a run
-# is interrupted (SIGTERM, Ctrl+C, an error): conf/callbacks/default.yaml.
+log = logging.getLogger(__name__)
+
+# Written by a ModelCheckpoint after every validation, and by InterruptedCheckpoint when a run is
+# interrupted (SIGTERM, Ctrl+C, an error): conf/callbacks/default.yaml.
 RESUME_CANDIDATES = ("last.ckpt", "interrupted.ckpt")
 
 
@@ -78,3 +82,21 @@ class RestoreRNGStates(Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+
+class InterruptedCheckpoint(OnExceptionCheckpoint):
+    """Lightning's OnExceptionCheckpoint, minus the one case where saving would hang: an error on one process
+    of a multi-process run. Saving ends in a barrier that the other ranks, waiting in the step's gradient
+    all-reduce, never reach, so the job would hang until the process-group timeout (30 minutes) instead of
+    failing. That run resumes from last.ckpt. SIGTERM and Ctrl+C reach every rank, and the ranks stop
+    together and save as usual."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        every_rank_stops = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if trainer.world_size > 1 and not every_rank_stops:
+            log.warning(
+                "not saving %s after an error on one of %d processes: the others may be waiting in a collective; "
+                "resume from last.ckpt", self.ckpt_path, trainer.world_size
+            )
+            return
+        super().on_exception(trainer, pl_module, exception)

@@ -21,6 +21,7 @@ from vitcls.data.quality import (
     apply_bad_image_policy,
     check_file,
     check_files,
+    file_stat,
     warn_about_leakage,
 )
 from vitcls.data.split import stratified_split
@@ -87,7 +88,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._scan: FolderScan | None = None
         self._splits: dict[str, list[Sample]] | None = None
         self._skipped: dict[str, str] = {}  # path -> reason, found by the scan
-        self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime) at scan time
+        self._file_stats: dict[str, tuple[int, int] | None] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
         self.mixup: Mixup | None = None
         # Set where the datasets hold tensors in memory (vitcls.data.feature_cache): worker processes would
@@ -109,7 +110,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             self._skipped = apply_bad_image_policy(scan, checks, self.hparams.on_bad_image)
             self._scan = validate_scan(scan)
             warn_about_leakage(scan, [c for c in checks if c.path not in self._skipped])
-            self._file_stats = {path: _stat(path) for path in scan.all_files()}
+            self._file_stats = {path: file_stat(path) for path in scan.all_files()}
             log.info("data.root %s: %s", self.root, self._scan.summary())
         return self._scan
 
@@ -121,7 +122,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         """
         skipped = dict(self._skipped)
         for path, stat in self._file_stats.items():
-            if _stat(path) != stat:
+            if file_stat(path) != stat:
                 check = check_file(path, self.hparams.max_image_pixels)
                 if not check.ok:
                     skipped[path] = check.reason
@@ -279,11 +280,3 @@ class ImageFolderDataModule(L.LightningDataModule):
         # RNG: how many iterators there are (persistent workers or not, a sanity check or not) must not shift the
         # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
         return torch.Generator().manual_seed(self.hparams.shuffle_seed)
-
-
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)

@@ -1,6 +1,6 @@
 """Fine-tune a timm ViT with a pluggable head on an image folder: `python train.py --help`."""
 
-from vitcls.cli import train
+from vitcls.cli.train import main
 
 if __name__ == "__main__":
-    train()
+    main()

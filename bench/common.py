@@ -1,4 +1,5 @@
-"""What the bench scripts share: sizes, a subset folder, peak memory of a subprocess, the result file."""
+"""What the bench scripts share: sizes, a subset folder, peak memory of a subprocess, the machine and its
+matmul peak, the result file."""
 
 from __future__ import annotations
 
@@ -118,10 +119,27 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None, po
     return {"wall_s": round(time.perf_counter() - started, 2), "peak_mem_mb": round(peak / 2**20, 1)}
 
 
+def matmul_peak_gflops(device: str | torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Best GFLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over `repeats` timed calls, all threads."""
+    device = torch.device(device)
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def machine() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -144,7 +162,7 @@ def _cpu_model() -> str:
 
 
 def write_results(name: str, out_dir: Path, size, results: dict) -> Path:
-    from vitcls.reports import write_json_atomic
+    from vitcls.io import write_json_atomic
 
     payload = {"bench": name, "size": asdict(size), "machine": machine(), **results}
     return write_json_atomic(Path(out_dir) / f"{name}.json", payload)
@@ -162,3 +180,7 @@ def print_table(title: str, rows: list[tuple], header: tuple) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

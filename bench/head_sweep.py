@@ -4,7 +4,7 @@
 
 8 head configurations on a frozen ViT-Tiny/16 (224 px, Fruits-360-10, 3 epochs each), run one after
 another in this process with `vitcls.train.run`, as a Hydra multirun does. Uncached: every run decodes
-and pushes every image through the backbone every epoch. Cached (`data.feature_cache=true`, a fresh
+and pushes every image through the backbone every epoch. Cached (`feature_cache.enabled=true`, a fresh
 cache directory): the first run computes each split's features once, the others load them. Reports
 both wall times, the speed-up, and the largest test-metric difference between the two sweeps.
 Writes bench/results/head_sweep.json.
@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    REPO_ROOT,
     TIMM_MODEL,
     add_size_arguments,
     pick_size,
@@ -63,8 +62,10 @@ TINY = SweepSize("tiny", 32, 4, 3, 2, epochs=1, runs=2)
 
 
 def sweep(root: Path, size: SweepSize, work: Path, cached: bool) -> tuple[float, list[dict]]:
+    from vitcls.config import config_dir, register_resolvers
     from vitcls.train import run
 
+    register_resolvers()
     common = [
         f"data.root={root}",
         f"model.name={TIMM_MODEL}",
@@ -75,13 +76,13 @@ def sweep(root: Path, size: SweepSize, work: Path, cached: bool) -> tuple[float,
         f"trainer.max_epochs={size.epochs}",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
-        f"data.feature_cache={str(cached).lower()}",
-        f"data.feature_cache_dir={work / 'feature_cache'}",
+        f"feature_cache.enabled={str(cached).lower()}",
+        f"feature_cache.dir={work / 'feature_cache'}",
     ]
     name = "cached" if cached else "uncached"
     summaries = []
     started = time.perf_counter()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for index, head in enumerate(HEADS[: size.runs]):
             overrides = [*common, *head, f"paths.output_dir={work / name / str(index)}"]
             summaries.append(run(compose(config_name="train", overrides=overrides)))

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,12 +30,15 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitcls.data.images import is_image_file, load_rgb
-from vitcls.data.transforms import build_eval_transform
-from vitcls.export import export_model
-from vitcls.models.module import ImageClassifier
-from vitcls.predict import Predictor
-from vitcls.reports import write_json_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine, matmul_peak_gflops  # noqa: E402
+from vitcls.data.images import is_image_file, load_rgb  # noqa: E402
+from vitcls.data.transforms import build_eval_transform  # noqa: E402
+from vitcls.inference.export import export_model  # noqa: E402
+from vitcls.inference.predictor import Predictor  # noqa: E402
+from vitcls.io import write_json_atomic  # noqa: E402
+from vitcls.models.classifier import ImageClassifier  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 FRUITS_TEST = BENCH_DIR.parent.parent / "shared" / "data" / "fruits360-10" / "test"
@@ -128,43 +129,11 @@ def measure(methods: dict, batch_size: int, repeats: int) -> dict[str, float]:
     return best
 
 
-def matmul_peak_gflops(device: str, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
-
-
 def gflop_per_image(module: torch.nn.Module, input_size, device: str, dtype: torch.dtype) -> float:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         module(torch.zeros(1, *input_size, device=device, dtype=dtype))
     return counter.get_total_flops() / 1e9
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").is_file():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cpu_cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-    }
 
 
 def table(results: dict) -> str:
@@ -199,7 +168,7 @@ def main(argv=None) -> dict:
         images = [load_rgb(p) for p in paths]  # decoding is not timed
         module = ImageClassifier(
             backbone={"name": args.model, "img_size": args.img_size, "pretrained": False},
-            head={"_target_": "vitcls.models.heads.LinearHead"},
+            head={"name": "linear"},
             class_names=[f"class_{i}" for i in range(NUM_CLASSES)],
         ).eval()
         data_config = module.data_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 
-from vitcls.reports import write_json_atomic
+from vitcls.io import write_json_atomic
 
 
 class LoopTimer(L.Callback):

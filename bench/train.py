@@ -32,6 +32,8 @@ from bench.common import (  # noqa: E402
     REPO_ROOT,
     Size,
     add_size_arguments,
+    device,
+    matmul_peak_gflops,
     pick_size,
     print_table,
     read_json,
@@ -59,28 +61,12 @@ SEED = 42
 
 
 # --- measurements in the parent process ---------------------------------------------------------
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast(size: Size):
     return torch.autocast(device().type, dtype=torch.bfloat16, enabled=size.precision == "bf16-mixed")
 
 
-def matmul_peak_gflops(size: Size, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n x n matmul on this machine (all torch threads; bf16 for bf16-mixed runs)."""
-    n = 2048 if device().type == "cpu" else 8192
-    dtype = torch.bfloat16 if size.precision == "bf16-mixed" else torch.float32
-    a, b = (torch.randn(n, n, device=device(), dtype=dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device().type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+def precision_dtype(size: Size) -> torch.dtype:
+    return torch.bfloat16 if size.precision == "bf16-mixed" else torch.float32
 
 
 def forward_gflops_per_image(size: Size) -> float:
@@ -189,7 +175,7 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     from timm.data import create_transform, resolve_model_data_config
     from torchvision.datasets import ImageFolder
 
-    from vitcls.data.datamodule import default_num_workers
+    from vitcls.data.dataset import default_num_workers
 
     torch.manual_seed(SEED)
     model = timm.create_model(size.model, pretrained=False, num_classes=10, img_size=size.img_size).to(
@@ -274,14 +260,10 @@ def compiled_results(runs: dict, bare: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_arguments(parser)
-    parser.add_argument(
-        "--gpu", action="store_true", help="vit_base, 224 px, bf16-mixed, batch 64 (needs CUDA)"
-    )
+    parser.add_argument("--gpu", action="store_true", help="vit_base, 224 px, bf16-mixed, batch 64 (needs CUDA)")
     parser.add_argument(
         "--vitcls-override",
         action="append",
@@ -294,50 +276,46 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--variant", choices=("hf", "bare"), help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def pick(args: argparse.Namespace) -> Size:
     size = GPU if args.gpu else pick_size(args, FULL, QUICK, TINY)
     if size is GPU and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
+    return size
 
-    if args.variant:
-        from vitcls.reports import write_json_atomic
 
-        with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as work:
-            measure = run_hf if args.variant == "hf" else run_bare
-            return write_json_atomic(args.result, measure(args.data_root, size, Path(work)))
+def run_child(args: argparse.Namespace, size: Size) -> Path:
+    """Child process mode: measure one baseline variant and write its JSON."""
+    from vitcls.io import write_json_atomic
 
-    with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
-        work = Path(tmp)
-        root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
-        peak = matmul_peak_gflops(size)
-        gflops = forward_gflops_per_image(size)
-        size_args = [f"--{size.name}"] if size.name != "full" else []
-        runs = {}
-        for variant in ("hf", "bare"):
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--variant",
-                variant,
-                *size_args,
-                "--data-root",
-                str(root),
-                "--result",
-                str(work / f"{variant}.json"),
-            ]
-            runs[variant] = {
-                **run_measured(command, work / f"{variant}.log"),
-                **read_json(work / f"{variant}.json"),
-            }
-        variants = {"vitcls": args.vitcls_override}
-        if args.compile:
-            variants["vitcls_compile"] = [*args.vitcls_override, "model.compile=true"]
-        for name, overrides in variants.items():
-            command = vitcls_command(root, size, work / name, overrides)
-            runs[name] = {**run_measured(command, work / f"{name}.log"), **read_json(work / name / "vitcls.json")}
+    with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as work:
+        measure = run_hf if args.variant == "hf" else run_bare
+        return write_json_atomic(args.result, measure(args.data_root, size, Path(work)))
 
+
+def run_variants(args: argparse.Namespace, size: Size, root: Path, work: Path) -> dict[str, dict]:
+    """Every variant in its own process, one after the other: wall time, peak memory and its timings."""
+    size_args = [f"--{size.name}"] if size.name != "full" else []
+    runs = {}
+    for variant in ("hf", "bare"):
+        result = work / f"{variant}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, *size_args,
+                   "--data-root", str(root), "--result", str(result)]
+        runs[variant] = {**run_measured(command, work / f"{variant}.log"), **read_json(result)}
+    variants = {"vitcls": args.vitcls_override}
+    if args.compile:
+        variants["vitcls_compile"] = [*args.vitcls_override, "model.compile=true"]
+    for name, overrides in variants.items():
+        command = vitcls_command(root, size, work / name, overrides)
+        runs[name] = {**run_measured(command, work / f"{name}.log"), **read_json(work / name / "vitcls.json")}
+    return runs
+
+
+def summarise(runs: dict[str, dict], peak: float, gflops: float, overrides: list[str]) -> dict:
     hf, bare, ours = runs["hf"], runs["bare"], runs["vitcls"]
-    results = {
+    return {
         "hf_trainer_ips": hf["train_ips"],
         "bare_ips": bare["train_ips"],
         "vitcls_ips": ours["train_ips"],
@@ -355,11 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
         "hf_preprocess_cache_mb": hf["preprocess_cache_mb"],
         "peak_mem_mb": {name: run["peak_mem_mb"] for name, run in runs.items()},
         "vitcls_data_wait_fraction": ours.get("data_wait_fraction"),
-        "vitcls_overrides": args.vitcls_override,
+        "vitcls_overrides": overrides,
         **compiled_results(runs, bare),
         "runs": runs,
     }
-    path = write_results("train", args.out, size, results)
+
+
+def report(results: dict, size: Size, path: Path) -> None:
+    peak, gflops, runs = results["matmul_peak_gflops"], results["forward_gflops_per_image"], results["runs"]
     print_table(
         f"training, {size.model} at {size.img_size}px, batch {size.batch_size}, {size.precision} ({size.name})",
         [
@@ -377,8 +358,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"vitcls/hf {results['vitcls_vs_hf']:.2f}x, vitcls/bare {results['vitcls_vs_bare']:.2f}x, "
         f"eval vitcls/hf {results['vitcls_eval_vs_hf']:.2f}x; matmul peak {peak:.0f} GFLOP/s; "
-        f"hf preprocessing {hf['preprocess_s']:.1f} s, {hf['preprocess_cache_mb']:.0f} MB cache\n-> {path}"
+        f"hf preprocessing {results['hf_preprocess_s']:.1f} s, {results['hf_preprocess_cache_mb']:.0f} MB cache"
+        f"\n-> {path}"
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    size = pick(args)
+    if args.variant:
+        run_child(args, size)
+        return {}
+    with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
+        work = Path(tmp)
+        root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
+        peak = matmul_peak_gflops(device(), precision_dtype(size))
+        gflops = forward_gflops_per_image(size)
+        runs = run_variants(args, size, root, work)
+    results = summarise(runs, peak, gflops, args.vitcls_override)
+    report(results, size, write_results("train", args.out, size, results))
     return results
 
 

@@ -12,8 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from vitcls.config import config_dir, register_resolvers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = config_dir()
+register_resolvers()
 FRUITS_ROOT = Path(os.environ.get("FRUITS360_ROOT", REPO_ROOT.parent / "shared" / "data" / "fruits360-10"))
 
 # Small settings that keep CPU runs short: vit_tiny at 32px is 4 patches + CLS.
@@ -97,3 +100,41 @@ def train_in_process(output_dir, *overrides):
     from vitcls.train import run
 
     return run(compose_config("train", [f"paths.output_dir={output_dir}", *FAST_OVERRIDES, *overrides]))
+
+
+TINY_MODEL = "vit_tiny_patch16_224"  # width 192; at 32 px: CLS + 4 patches
+
+
+def head_of(head) -> dict:
+    """A head spec (`{"name": "mlp", ...}`) from a registered name or a spec dict."""
+    return {"name": head} if isinstance(head, str) else dict(head)
+
+
+def tiny_net_config(head="linear", tap=None, class_names=("a", "b", "c"), **backbone) -> dict:
+    """An ImageClassifier config: vit_tiny at 32 px, random weights (`backbone` kwargs override)."""
+    return {
+        "backbone": {"name": TINY_MODEL, "pretrained": False, "img_size": 32, **backbone},
+        "head": head_of(head),
+        "class_names": list(class_names),
+        "tap": tap,
+    }
+
+
+def tiny_net(head="linear", tap=None, class_names=("a", "b", "c"), **backbone):
+    """A plain ImageClassifier network (vitcls.models.classifier)."""
+    from vitcls.models.classifier import ImageClassifier
+
+    return ImageClassifier(**tiny_net_config(head, tap, class_names, **backbone))
+
+
+def tiny_module(head="linear", tap=None, train_blocks="all", bitfit=False, class_names=("a", "b", "c"),
+                backbone=None, **kwargs):
+    """A ClassifierModule around a tiny network; `kwargs` go to ClassifierModule (optimizer, scheduler, loss...)."""
+    from vitcls.models.lightning_module import ClassifierModule
+
+    return ClassifierModule(
+        net=tiny_net_config(head, tap, class_names, **(backbone or {})),
+        train_blocks=train_blocks,
+        bitfit=bitfit,
+        **kwargs,
+    )

@@ -3,13 +3,14 @@ import time
 import pytest
 import timm
 import torch
+from conftest import tiny_net
 from safetensors.torch import save_file
 
 from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.models import backbone as backbone_module
 from vitcls.models.backbone import PretrainedWeightsUnavailable, create_backbone
-from vitcls.models.module import ImageClassifier
+from vitcls.models.classifier import ImageClassifier
 
 NAME = "vit_tiny_patch16_224"
 
@@ -30,7 +31,7 @@ def test_local_weights_load_backbone_and_leave_a_fresh_head(tmp_path, source_mod
     torch.manual_seed(123)
     module = ImageClassifier(
         backbone={"name": NAME, "weights": str(path), "img_size": 224},
-        head={"_target_": "vitcls.models.heads.LinearHead"},
+        head={"name": "linear"},
         class_names=["a", "b", "c"],
     )
     loaded = module.backbone.state_dict()
@@ -70,11 +71,19 @@ def test_unknown_model_name_is_rejected():
         create_backbone("vit_imaginary_patch3")
 
 
-def test_avg_pool_keeps_the_final_norm_where_pretrained_weights_expect_it():
-    model = create_backbone(NAME, pool="avg", img_size=32)
+def test_mean_tap_pools_after_the_final_norm_where_pretrained_weights_expect_it():
+    # create_backbone has no pooling setting any more: the model keeps timm's own pooling and final norm,
+    # and the feature tap (tap.features=mean) averages the patch tokens that come out of that norm.
+    torch.manual_seed(0)
+    net = tiny_net("linear", tap={"features": "mean"}).eval()
+    model = net.backbone
     assert isinstance(model.norm, torch.nn.LayerNorm)
     assert isinstance(model.fc_norm, torch.nn.Identity)
-    assert model.global_pool == "avg"
+    assert model.global_pool == "token"
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.norm(model.blocks(model._pos_embed(model.patch_embed(images))))
+        torch.testing.assert_close(net.features(images), tokens[:, model.num_prefix_tokens :].mean(dim=1))
 
 
 def test_backbone_returns_pooled_features_and_data_config_follows_img_size():

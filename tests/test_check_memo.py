@@ -71,8 +71,9 @@ def test_a_memo_that_cannot_be_read_or_written_only_costs_time(image_folder_fact
 @pytest.mark.parametrize(
     ("overrides", "memo_under"),
     [
-        (["data.feature_cache=true"], "features"),
+        (["feature_cache.enabled=true"], "features"),
         (["data.image_check_cache_dir={tmp}/checks"], "checks"),
+        (["feature_cache.enabled=true", "data.image_check_cache_dir={tmp}/checks"], "checks"),
         ([], None),
     ],
 )
@@ -82,11 +83,11 @@ def test_train_keeps_the_memo_where_configured(image_folder_factory, tmp_path, o
         "train",
         [
             f"data.root={root}",
-            f"data.feature_cache_dir={tmp_path / 'features'}",
+            f"feature_cache.dir={tmp_path / 'features'}",
             *[override.format(tmp=tmp_path) for override in overrides],
         ],
     )
-    datamodule = build_datamodule(cfg.data)
+    datamodule = build_datamodule(cfg)
     assert "image_check_cache_dir" not in datamodule.hparams
     memos = sorted(tmp_path.rglob("image_checks_*.json"))
     if memo_under is None:

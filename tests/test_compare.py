@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from vitcls.compare import main
+from vitcls.cli.compare import main
 
 
 def make_job(sweep, name, overrides, test=None, failure=None):

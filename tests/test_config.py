@@ -6,16 +6,20 @@ from conftest import CONF_DIR, FAST_OVERRIDES, compose_config
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from vitcls.instantiate import instantiate_dict_group
+from vitcls.config import head_spec_of, instantiate_dict_group
 from vitcls.train import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_resolves(experiment, tmp_path):
-    cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+@pytest.mark.parametrize(
+    "choice", [f"experiment={name}" for name in EXPERIMENTS] + [f"sweep={name}" for name in SWEEPS]
+)
+def test_every_experiment_composes_and_resolves(choice, tmp_path):
+    assert EXPERIMENTS and SWEEPS
+    cfg = compose_config("train", [choice, f"paths.output_dir={tmp_path}"])
     OmegaConf.resolve(cfg)
     assert cfg.data._target_.endswith("ImageFolderDataModule")
 
@@ -23,29 +27,44 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
 def test_tutorial_recipe_values():
     cfg = compose_config("train", ["experiment=tutorial", "paths.output_dir=/tmp/x"])
     assert cfg.model.name == "vit_base_patch16_224.augreg_in21k" and cfg.model.pretrained
-    assert cfg.model.img_size == 224 and cfg.head.features == "cls"
+    assert cfg.model.img_size == 224 and cfg.tap.features == "cls"
     assert cfg.head._target_ == "vitcls.models.heads.LinearHead"
+    assert head_spec_of(cfg.head) == {"name": "linear", "module": "vitcls.models.heads", "dropout": 0.0}
     assert (cfg.optim.opt, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 2e-4, 0.01)
     assert cfg.data.batch_size == 16 and cfg.data.val_fraction == 0.2
     assert cfg.trainer.max_epochs == 3 and cfg.trainer.check_val_every_n_epoch == 1
     assert cfg.seed == 42 and cfg.data.split_seed == 42
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "timm_vit"])
 def test_model_configs_name_real_timm_models(model):
     import timm
 
     cfg = compose_config("train", [f"model={model}", "data.root=/x", "paths.output_dir=/tmp/x"])
     assert timm.is_model(cfg.model.name.split(".")[0])
     assert cfg.model.name in timm.list_pretrained(cfg.model.name)
+    # every named model is the timm_vit base with a name
+    base = compose_config("train", ["model=timm_vit", f"model.name={cfg.model.name}", "data.root=/x",
+                                    "paths.output_dir=/tmp/x"])
+    assert cfg.model == base.model
+
+
+def test_the_timm_vit_base_needs_a_model_name():
+    from omegaconf.errors import MissingMandatoryValue
+
+    cfg = compose_config("train", ["model=timm_vit", "data.root=/x", "paths.output_dir=/tmp/x"])
+    assert "timm_vit" in MODELS
+    with pytest.raises(MissingMandatoryValue, match="model.name"):
+        cfg.model.name  # noqa: B018
 
 
 @pytest.mark.parametrize("head", sorted(p.stem for p in (CONF_DIR / "head").glob("*.yaml")))
 def test_module_builds_from_config_for_each_head(head):
     cfg = compose_config("train", [f"head={head}", "data.root=/x", "paths.output_dir=/tmp/x", *FAST_OVERRIDES])
     module = build_module(cfg, ["a", "b", "c"])
-    assert module.head.num_classes == 3
-    assert module.hparams.class_names == ["a", "b", "c"]
+    assert module.net.head.num_classes == 3
+    assert module.class_names == module.hparams.net["class_names"] == ["a", "b", "c"]
+    assert module.hparams.net["head"]["name"] == head
 
 
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path):

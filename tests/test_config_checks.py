@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, run_cli
 
-from vitcls.config_checks import check_run_dir
 from vitcls.errors import ConfigError
+from vitcls.run_dir import check_run_dir
 from vitcls.train import run
 
 
@@ -36,6 +36,8 @@ from vitcls.train import run
             "model.name=vit_tiny_patch16_2244",
             r"model.name='vit_tiny_patch16_2244' is not a timm model.*'vit_tiny_patch16_224'",
         ),
+        ("monitor=test/acc", r"monitor='test/acc' is not a validation metric: choose one of \['val/acc', "),
+        ("monitor=val/f2", r"monitor='val/f2' is not a validation metric.*'val/loss'\]"),
     ],
 )
 def test_bad_setting_is_refused_before_the_folder_is_read(override, expected, tmp_path):
@@ -81,11 +83,11 @@ def test_a_used_run_directory_is_not_overwritten(image_folder_factory, tmp_path)
 
 def test_resuming_into_a_used_run_directory_is_allowed(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="already holds a run"):
-        check_run_dir(tmp_path, cfg)
-    cfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")
-    check_run_dir(tmp_path, cfg)
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints\)"):
+        check_run_dir(tmp_path, resuming=False, overwrite=False)
+    check_run_dir(tmp_path, resuming=True, overwrite=False)
+    check_run_dir(tmp_path, resuming=False, overwrite=True)
+    check_run_dir(tmp_path / "fresh", resuming=False, overwrite=False)  # nothing there yet
 
 
 def test_cli_refuses_a_fixed_run_dir_that_holds_a_run(tmp_path):

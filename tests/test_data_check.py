@@ -9,7 +9,8 @@ import sys
 from conftest import REPO_ROOT, make_image_folder
 from messy_data import BAD_FILE_KINDS, make_messy_folder
 
-from vitcls.data.check import check_folder, main
+from vitcls.cli.data import main
+from vitcls.data.check import check_folder
 
 
 def test_check_finds_each_kind_of_problem(tmp_path):
@@ -78,7 +79,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
 def test_module_runs_as_a_command(tmp_path):
     bad = make_messy_folder(tmp_path / "messy")
     result = subprocess.run(
-        [sys.executable, "-m", "vitcls.data", "check", "--json", str(tmp_path / "messy")],
+        [sys.executable, "-m", "vitcls.cli.data", "check", "--json", str(tmp_path / "messy")],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

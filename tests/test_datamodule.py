@@ -3,7 +3,8 @@ from collections import Counter
 import pytest
 import torch
 
-from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
+from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.data.dataset import default_num_workers
 from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.models.backbone import create_backbone

@@ -18,10 +18,12 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from vitcls.data.images import load_rgb
 from vitcls.data.transforms import build_eval_transform
-from vitcls.export import ExportError, export_checkpoint, export_onnx, verify_onnx
-from vitcls.metrics import METRIC_NAMES
-from vitcls.models.module import load_classifier
-from vitcls.predict import Predictor
+from vitcls.inference.export import FORMAT_VERSION, export_checkpoint
+from vitcls.inference.onnx import ExportError, export_onnx, verify_onnx
+from vitcls.inference.predictor import Predictor
+from vitcls.metrics import METRICS
+from vitcls.models.classifier import ImageClassifier
+from vitcls.models.lightning_module import ClassifierModule
 from vitcls.train import run
 
 CLASSES = {"blue": 8, "green": 8, "red": 8}
@@ -80,19 +82,23 @@ def test_training_writes_a_self_contained_export_directory(trained):
     assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((export / "config.json").read_text())
     checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
-    assert config["class_names"] == checkpoint["hyper_parameters"]["class_names"] == ["blue", "green", "red"]
+    net_config = checkpoint["hyper_parameters"]["net"]
+    assert config["format_version"] == FORMAT_VERSION == 2
+    assert config["class_names"] == net_config["class_names"] == ["blue", "green", "red"]
     assert config["num_classes"] == 3
-    assert config["model"]["backbone"] == checkpoint["hyper_parameters"]["backbone"]
-    assert config["model"]["head"] == checkpoint["hyper_parameters"]["head"]
-    assert config["timm_model"] == checkpoint["hyper_parameters"]["backbone"]["name"]
+    # "model" is the ImageClassifier config: the checkpoint's network, tap and head by registered name
+    assert config["model"] == net_config
+    assert config["model"]["head"]["name"] == "mlp" and config["model"]["tap"]["features"] == "cls"
+    assert config["timm_model"] == net_config["backbone"]["name"]
     assert config["preprocessing"]["input_size"] == [3, 32, 32]
     assert {"mean", "std", "interpolation"} <= set(config["preprocessing"])
     assert config["preprocessing"]["crop_pct"] == 1.0  # the run's data.crop_pct, not the backbone's 0.9
-    # only backbone and head tensors, exactly those of the checkpoint
+    # only backbone and head tensors, exactly those of the checkpoint's network
     tensors = load_file(export / "model.safetensors")
-    assert set(tensors) == set(checkpoint["state_dict"])
+    assert all(key.startswith("net.") for key in checkpoint["state_dict"])
+    assert set(tensors) == {key.removeprefix("net.") for key in checkpoint["state_dict"]}
     for key, value in tensors.items():
-        assert torch.equal(value, checkpoint["state_dict"][key]), key
+        assert torch.equal(value, checkpoint["state_dict"][f"net.{key}"]), key
     card = (export / "README.md").read_text()
     assert f"{trained['summary']['test']['f1_macro']:.4f}" in card and "Predictor.from_pretrained" in card
 
@@ -127,7 +133,7 @@ def reload_in_subprocess(directory, backend, images, tmp_path):
 
 
 def test_reload_in_a_fresh_process_gives_identical_logits(trained, tmp_path):
-    module, _ = load_classifier(trained["ckpt"])
+    module, _ = ClassifierModule.from_checkpoint(trained["ckpt"])
     images = torch.randn(5, 3, 32, 32)
     with torch.inference_mode():
         expected = module(images)
@@ -142,7 +148,7 @@ def test_onnx_export_matches_pytorch_in_a_fresh_process(trained, onnx_export, tm
     config = json.loads((onnx_export / "config.json").read_text())
     assert (onnx_export / "model.onnx").is_file()
     assert config["onnx"]["num_images"] == 8 and config["onnx"]["max_abs_diff_logits"] <= 1e-3
-    module, _ = load_classifier(trained["ckpt"])
+    module, _ = ImageClassifier.from_checkpoint(trained["ckpt"])
     images = torch.randn(7, 3, 32, 32)  # another batch size than the export sample (dynamic batch)
     with torch.inference_mode():
         expected = module(images)
@@ -154,13 +160,13 @@ def test_onnx_export_matches_pytorch_in_a_fresh_process(trained, onnx_export, tm
 @needs_onnxruntime
 @pytest.mark.slow
 def test_onnx_verification_fails_loudly_on_a_mismatch(trained, tmp_path):
-    module, _ = load_classifier(trained["ckpt"])
-    export_onnx(module, tmp_path / "model.onnx", (3, 32, 32))
+    net, _ = ImageClassifier.from_checkpoint(trained["ckpt"])
+    export_onnx(net, tmp_path / "model.onnx", (3, 32, 32))
     with torch.no_grad():
-        module.head.fc.bias += 0.5  # the PyTorch model no longer matches the ONNX file
+        net.head.fc.bias += 0.5  # the PyTorch model no longer matches the ONNX file
     images = torch.randn(2, 3, 32, 32)
     with pytest.raises(ExportError, match="ONNX verification failed"):
-        verify_onnx(module, tmp_path / "model.onnx", images)
+        verify_onnx(net, tmp_path / "model.onnx", images)
 
 
 def test_top_k_is_sorted_and_scores_sum_to_one_over_all_classes(trained):
@@ -173,7 +179,7 @@ def test_top_k_is_sorted_and_scores_sum_to_one_over_all_classes(trained):
     assert sum(scores) == pytest.approx(1.0, abs=1e-6)
     assert predictor(str(path), top_k=2) == everything[:2]
     # the probabilities are the softmax of the checkpoint's logits on eval.py's preprocessing
-    module, _ = load_classifier(trained["ckpt"])
+    module, _ = ImageClassifier.from_checkpoint(trained["ckpt"])
     with torch.inference_mode():
         expected = module(
             build_eval_transform({**module.data_config, "crop_pct": 1.0})(load_rgb(path))[None]
@@ -216,7 +222,7 @@ def test_cli_reports_unreadable_files_and_keeps_going(trained, tmp_path):
     folder = odd_folder(tmp_path / "odd", np.random.default_rng(0))
     output = tmp_path / "preds.csv"
     result = run_module(
-        "vitcls.predict",
+        "vitcls.cli.predict",
         str(trained["export"]),
         str(folder),
         str(tmp_path / "missing.jpg"),
@@ -250,7 +256,7 @@ def test_cli_reports_unreadable_files_and_keeps_going(trained, tmp_path):
 
     jsonl = tmp_path / "preds.jsonl"
     result = run_module(
-        "vitcls.predict", str(trained["export"]), str(folder / "**" / "*.png"), "--output", str(jsonl)
+        "vitcls.cli.predict", str(trained["export"]), str(folder / "**" / "*.png"), "--output", str(jsonl)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -281,7 +287,7 @@ def test_cli_folder_metrics_equal_eval_py(trained, tmp_path):
 
     output = tmp_path / "predict" / "preds.csv"
     result = run_module(
-        "vitcls.predict",
+        "vitcls.cli.predict",
         str(trained["export"]),
         str(trained["root"] / "test"),
         "--output",
@@ -291,7 +297,7 @@ def test_cli_folder_metrics_equal_eval_py(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output.parent / "metrics.json").read_text())
     assert metrics["num_samples"] == report["num_samples"] == 24
-    for name in METRIC_NAMES:
+    for name in METRICS:
         assert metrics["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
     assert metrics["per_class"] == report["per_class"]
     assert (output.parent / "confusion_matrix.csv").read_text() == (
@@ -308,7 +314,7 @@ def test_cli_folder_metrics_equal_eval_py(trained, tmp_path):
 def test_cli_refuses_folders_that_are_not_classes_of_the_model(trained, tmp_path):
     make_image_folder(tmp_path / "other", {"red": 1, "purple": 1})
     result = run_module(
-        "vitcls.predict",
+        "vitcls.cli.predict",
         str(trained["export"]),
         str(tmp_path / "other"),
         "--labels-from-folders",
@@ -323,10 +329,10 @@ def test_cli_refuses_folders_that_are_not_classes_of_the_model(trained, tmp_path
 def test_export_cli_refuses_to_overwrite_a_foreign_directory(trained, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "data.txt").write_text("keep me")
-    result = run_module("vitcls.export", trained["ckpt"], str(tmp_path / "precious"))
+    result = run_module("vitcls.cli.export", trained["ckpt"], str(tmp_path / "precious"))
     assert result.returncode == 2 and "is not a vitcls export" in result.stderr
     assert (tmp_path / "precious" / "data.txt").read_text() == "keep me"
-    result = run_module("vitcls.export", trained["ckpt"], str(tmp_path / "again"))
+    result = run_module("vitcls.cli.export", trained["ckpt"], str(tmp_path / "again"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "again" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging debris

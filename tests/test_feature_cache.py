@@ -8,21 +8,17 @@ import os
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config
+from conftest import FAST_OVERRIDES, compose_config, tiny_module
 
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import FeatureCache, split_keys
 from vitcls.errors import ConfigError
-from vitcls.models.module import ImageClassifier
 from vitcls.train import run
-
-LINEAR = {"_target_": "vitcls.models.heads.LinearHead"}
 
 
 def classifier(seed=0, **backbone):
     torch.manual_seed(seed)
-    settings = {"name": "vit_tiny_patch16_224", "img_size": 32, "train_blocks": "none", **backbone}
-    return ImageClassifier(backbone=settings, head=LINEAR, class_names=["a", "b"])
+    return tiny_module("linear", train_blocks="none", class_names=["a", "b"], backbone=backbone)
 
 
 def keys(root, module, **data):
@@ -94,7 +90,7 @@ def train(tmp_path, name, root, *overrides):
             "trainer.max_epochs=2",
             "head=mlp",
             "head.dropout=0.2",
-            f"data.feature_cache_dir={tmp_path / 'cache'}",
+            f"feature_cache.dir={tmp_path / 'cache'}",
             *overrides,
         ],
     )
@@ -109,13 +105,13 @@ def test_cached_run_equals_the_uncached_frozen_run(image_folder_factory, tmp_pat
     # One DataLoader worker: persistent workers change how the loaders draw from the global RNG.
     uncached = train(tmp_path, "uncached", root, "model.train_blocks=none", "data.num_workers=1")
     cached = train(
-        tmp_path, "cached", root, "model.train_blocks=none", "data.num_workers=1", "data.feature_cache=true"
+        tmp_path, "cached", root, "model.train_blocks=none", "data.num_workers=1", "feature_cache.enabled=true"
     )
     entries = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(entries) == 3
     stamps = [p.stat().st_mtime_ns for p in entries]
     again = train(
-        tmp_path, "again", root, "model.train_blocks=none", "data.num_workers=1", "data.feature_cache=true"
+        tmp_path, "again", root, "model.train_blocks=none", "data.num_workers=1", "feature_cache.enabled=true"
     )
     assert [p.stat().st_mtime_ns for p in entries] == stamps  # loaded, not recomputed
 
@@ -139,5 +135,7 @@ def test_feature_cache_needs_a_frozen_backbone_without_augmentation(
     image_folder_factory, tmp_path, overrides
 ):
     root = image_folder_factory({"a": 4, "b": 4})
-    with pytest.raises(ConfigError, match=r"model\.train_blocks=none.*data\.train_augment"):
-        train(tmp_path, "run", root, "data.feature_cache=true", *overrides)
+    with pytest.raises(
+        ConfigError, match=r"feature_cache\.enabled=true needs .*model\.train_blocks=none.*data\.train_augment"
+    ):
+        train(tmp_path, "run", root, "feature_cache.enabled=true", *overrides)

@@ -27,10 +27,10 @@ class RecordHeadWeights(Callback):
     tested: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        RecordHeadWeights.history.append(pl_module.head.fc.weight.detach().clone())
+        RecordHeadWeights.history.append(pl_module.net.head.fc.weight.detach().clone())
 
     def on_test_start(self, trainer, pl_module):
-        RecordHeadWeights.tested = pl_module.head.fc.weight.detach().clone()
+        RecordHeadWeights.tested = pl_module.net.head.fc.weight.detach().clone()
 
 
 def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(image_folder_factory, tmp_path):
@@ -57,17 +57,20 @@ def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(ima
     expected = steps[0]  # the first update copies the weights, then ema = decay * ema + (1 - decay) * w
     for weights in steps[1:]:
         expected = DECAY * expected + (1 - DECAY) * weights
-    saved = checkpoint["state_dict"]["head.fc.weight"]
+    saved = checkpoint["state_dict"]["net.head.fc.weight"]
     assert torch.allclose(saved, expected, atol=1e-6)
-    assert torch.equal(checkpoint["current_model_state"]["head.fc.weight"], steps[-1])
+    assert torch.equal(checkpoint["current_model_state"]["net.head.fc.weight"], steps[-1])
     assert not torch.allclose(saved, steps[-1], atol=1e-4)
     assert torch.equal(RecordHeadWeights.tested, saved)  # summary.json's test metrics are the EMA model's
 
     # eval.py and exports load `state_dict`: the EMA weights
-    from vitcls.models.module import load_classifier
+    from vitcls.models.classifier import ImageClassifier
+    from vitcls.models.lightning_module import ClassifierModule
 
-    module, _ = load_classifier(summary["best_ckpt"])
-    assert torch.equal(module.head.fc.weight, saved)
+    module, _ = ClassifierModule.from_checkpoint(summary["best_ckpt"])
+    assert torch.equal(module.net.head.fc.weight, saved)
+    net, _ = ImageClassifier.from_checkpoint(summary["best_ckpt"])
+    assert torch.equal(net.head.fc.weight, saved)
 
 
 def attached_datamodule(root, data_config, **kwargs):
@@ -144,7 +147,7 @@ def test_training_with_mixup_and_augmentation_logs_loss_but_no_train_accuracy(im
 
 @pytest.mark.slow
 def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_folder_factory, tmp_path):
-    from vitcls.models.module import load_classifier
+    from vitcls.models.lightning_module import ClassifierModule
 
     root = image_folder_factory({"a": 4, "b": 4})
     torch._dynamo.reset()
@@ -156,8 +159,8 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the features really ran compiled
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
-    assert checkpoint["hyper_parameters"]["backbone"]["compile"] is True
-    module, _ = load_classifier(summary["best_ckpt"])
+    assert checkpoint["hyper_parameters"]["compile"] is True
+    module, _ = ClassifierModule.from_checkpoint(summary["best_ckpt"])
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert module(images).shape == (2, 2)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, compose_config
 
-from vitcls.guards import NonFiniteLossError
-from vitcls.models.module import ImageClassifier
+from vitcls.callbacks.nonfinite_loss import NonFiniteLossError
+from vitcls.models.classifier import ImageClassifier
 from vitcls.train import run
 
 # 2 classes x 10 images, 20% test then 20% val held out: 13 train images, batch 4: 3 steps per epoch
@@ -46,7 +46,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(ima
 
 def test_skip_leaves_the_weights_untouched_by_non_finite_batches(image_folder_factory, tmp_path, caplog):
     root = image_folder_factory(FOLDER, splits=("train",))
-    with caplog.at_level(logging.WARNING, logger="vitcls.guards"):
+    with caplog.at_level(logging.WARNING, logger="vitcls.callbacks.nonfinite_loss"):
         summary = train(
             tmp_path / "run",
             root,
@@ -60,11 +60,11 @@ def test_skip_leaves_the_weights_untouched_by_non_finite_batches(image_folder_fa
     torch.manual_seed(42)  # run() seeds before building the module: same initial weights
     fresh = ImageClassifier(
         backbone={"name": "vit_tiny_patch16_224", "img_size": 32},
-        head={"_target_": "vitcls.models.heads.LinearHead"},
+        head={"name": "linear"},
         class_names=["a", "b"],
     )
     for key, value in fresh.head.state_dict().items():
-        assert torch.equal(state[f"head.{key}"], value), key  # every update was skipped: no step, no decay
+        assert torch.equal(state[f"net.head.{key}"], value), key  # every update was skipped: no step, no decay
 
 
 def test_skip_only_drops_the_bad_updates(image_folder_factory, tmp_path):
@@ -78,8 +78,8 @@ def test_skip_only_drops_the_bad_updates(image_folder_factory, tmp_path):
 
 
 def test_unknown_action_is_a_config_error():
+    from vitcls.callbacks.nonfinite_loss import NonFiniteLossGuard
     from vitcls.errors import ConfigError
-    from vitcls.guards import NonFiniteLossGuard
 
     with pytest.raises(
         ConfigError, match=r"callbacks.nonfinite_loss.action must be one of \['error', 'skip'\]"

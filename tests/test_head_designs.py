@@ -10,8 +10,8 @@ import torch
 from conftest import FAST_OVERRIDES, run_cli
 
 from vitcls.errors import ConfigError
-from vitcls.models.heads import HEADS
-from vitcls.models.module import ImageClassifier, load_classifier
+from vitcls.models.classifier import ImageClassifier
+from vitcls.models.lightning_module import ClassifierModule
 
 # Real timm ids, cut to a few blocks (timm's `depth`) to keep CPU tests short.
 TINY = "vit_tiny_patch16_224"  # width 192; at 32 px: CLS + 4 patches
@@ -21,16 +21,18 @@ VECTOR_HEADS = ("linear", "mlp", "cosine", "norm_linear")
 
 
 def make_classifier(
-    head="linear", features="cls", last_k=2, name=TINY, img_size=32, classes=3, depth=3, **backbone
+    head="linear", features="cls", last_k=2, name=TINY, img_size=32, classes=3, depth=3,
+    train_blocks="all", bitfit=False, **backbone
 ):
-    return ImageClassifier(
-        backbone={"name": name, "img_size": img_size, "depth": depth, **backbone},
-        head={
-            "_target_": f"{HEADS[head].__module__}.{HEADS[head].__name__}",
-            "features": features,
-            "last_k": last_k,
+    return ClassifierModule(
+        net={
+            "backbone": {"name": name, "img_size": img_size, "depth": depth, **backbone},
+            "head": {"name": head},
+            "class_names": [f"c{i}" for i in range(classes)],
+            "tap": {"features": features, "last_k": last_k},
         },
-        class_names=[f"c{i}" for i in range(classes)],
+        train_blocks=train_blocks,
+        bitfit=bitfit,
         scheduler=None,
     )
 
@@ -45,9 +47,9 @@ def test_every_tap_and_head_gives_logits(name, img_size, width, tokens, head, fe
     module = make_classifier(head, features, name=name, img_size=img_size).eval()
     images = torch.randn(2, 3, img_size, img_size)
     expected = {"cls+mean": (2, 2 * width), "last_k": (2, 2 * width), "tokens": (2, tokens, width)}
-    assert module.features(images).shape == expected.get(features, (2, width))
+    assert module.net.features(images).shape == expected.get(features, (2, width))
     assert module(images).shape == (2, 3)
-    assert torch.equal(module(images), module.head(module.features(images)))
+    assert torch.equal(module(images), module.net.head(module.net.features(images)))
 
 
 def test_taps_match_an_independent_computation_and_skip_register_tokens():
@@ -58,7 +60,7 @@ def test_taps_match_an_independent_computation_and_skip_register_tokens():
     }
     reference = timm.create_model(REGISTERS, img_size=28, num_classes=0, depth=3).eval()
     for module in taps.values():
-        module.backbone.load_state_dict(reference.state_dict())
+        module.net.backbone.load_state_dict(reference.state_dict())
     assert reference.num_prefix_tokens == 5
     outputs = {}
     hooks = [
@@ -67,10 +69,10 @@ def test_taps_match_an_independent_computation_and_skip_register_tokens():
     ]
     with torch.no_grad():
         tokens = reference.forward_features(images)
-        torch.testing.assert_close(taps["cls"].features(images), reference(images))  # timm's own CLS pooling
-        torch.testing.assert_close(taps["mean"].features(images), tokens[:, 5:].mean(dim=1))
+        torch.testing.assert_close(taps["cls"].net.features(images), reference(images))  # timm's own CLS pooling
+        torch.testing.assert_close(taps["mean"].net.features(images), tokens[:, 5:].mean(dim=1))
         expected = torch.cat([reference.norm(outputs[k])[:, 0] for k in (1, 2)], dim=-1)
-        torch.testing.assert_close(taps["last_k"].features(images), expected)
+        torch.testing.assert_close(taps["last_k"].net.features(images), expected)
     for hook in hooks:
         hook.remove()
 
@@ -79,8 +81,8 @@ def test_taps_match_an_independent_computation_and_skip_register_tokens():
     "head, features, message",
     [
         ("linear", "tokens", "needs a pooled vector"),
-        ("attention_pool", "cls", "head.features=tokens"),
-        ("linear", "max", "head.features='max' is not supported"),
+        ("attention_pool", "cls", "tap.features=tokens"),
+        ("linear", "max", "tap.features='max' is not supported"),
     ],
 )
 def test_incompatible_tap_and_head_is_a_config_error(head, features, message):
@@ -154,7 +156,7 @@ def test_frozen_parts_get_no_gradients_and_do_not_change_after_a_step(setting, f
     ).train()
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     outputs = {}
-    for index, block in enumerate(module.backbone.blocks):
+    for index, block in enumerate(module.net.backbone.blocks):
         block.register_forward_hook(lambda m, i, o, k=index: outputs.__setitem__(k, o))
     optimizer = module.configure_optimizers()["optimizer"]
     loss = module.criterion(module(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
@@ -162,21 +164,21 @@ def test_frozen_parts_get_no_gradients_and_do_not_change_after_a_step(setting, f
     optimizer.step()
 
     for index in frozen_blocks:  # no autograd graph, hence no activations kept for them
-        assert outputs[index].grad_fn is None and not module.backbone.blocks[index].training
+        assert outputs[index].grad_fn is None and not module.net.backbone.blocks[index].training
     for index in set(range(4)) - set(frozen_blocks):
-        assert outputs[index].grad_fn is not None and module.backbone.blocks[index].training
-    assert not module.backbone.patch_embed.training or not frozen_blocks
+        assert outputs[index].grad_fn is not None and module.net.backbone.blocks[index].training
+    assert not module.net.backbone.patch_embed.training or not frozen_blocks
     for name, parameter in module.named_parameters():
         changed = not torch.equal(parameter, before[name])
         if parameter.requires_grad:
             assert parameter.grad is not None, name
         else:
             assert parameter.grad is None and not changed, name
-    assert not torch.equal(module.head.fc.weight, before["head.fc.weight"])
+    assert not torch.equal(module.net.head.fc.weight, before["net.head.fc.weight"])
     if setting.get("bitfit"):
-        assert not module.backbone.blocks[0].attn.qkv.weight.requires_grad
+        assert not module.net.backbone.blocks[0].attn.qkv.weight.requires_grad
         assert not torch.equal(
-            module.backbone.blocks[0].attn.qkv.bias, before["backbone.blocks.0.attn.qkv.bias"]
+            module.net.backbone.blocks[0].attn.qkv.bias, before["net.backbone.blocks.0.attn.qkv.bias"]
         )
 
 
@@ -192,19 +194,19 @@ def test_each_head_learns_a_separable_problem_on_cached_features(head, features)
     targets = torch.tensor([0] * 16 + [1] * 16)
     module.eval()
     with torch.no_grad():
-        cached = module.features(images)
-    module.head.train()
-    optimizer = torch.optim.Adam(module.head.parameters(), lr=1e-3)
+        cached = module.net.features(images)
+    module.net.head.train()
+    optimizer = torch.optim.Adam(module.net.head.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
-        loss = module.criterion(module.head(cached), targets)
+        loss = module.criterion(module.net.head(cached), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    module.head.eval()
-    assert (module.head(cached).argmax(dim=-1) == targets).float().mean() >= 0.9
+    module.net.head.eval()
+    assert (module.net.head(cached).argmax(dim=-1) == targets).float().mean() >= 0.9
 
 
 def test_a_checkpoint_rebuilds_tap_head_and_trainability_from_its_hyperparameters(tmp_path):
@@ -212,10 +214,18 @@ def test_a_checkpoint_rebuilds_tap_head_and_trainability_from_its_hyperparameter
     module = make_classifier("cosine", "last_k", train_blocks=2, bitfit=True).eval()
     path = tmp_path / "model.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    loaded, _ = load_classifier(path)
+    loaded, _ = ClassifierModule.from_checkpoint(path)
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(images), module(images))
     assert loaded.parameter_counts == module.parameter_counts
+    for key in ("tap", "head", "class_names"):
+        assert loaded.net.config[key] == module.net.config[key], key
+    # the pretrained weights are in the checkpoint: nothing is downloaded again
+    assert loaded.net.config["backbone"] == {**module.net.config["backbone"], "pretrained": False, "weights": None}
+    # the network alone, without Lightning, from the same checkpoint
+    net, _ = ImageClassifier.from_checkpoint(path)
+    torch.testing.assert_close(net(images), module(images))
+    assert net.tap.features == "last_k" and net.tap.last_k == 2 and type(net.head).name == "cosine"
 
 
 @pytest.mark.slow
@@ -225,10 +235,10 @@ def test_head_design_sweep_over_two_heads_and_two_taps_completes(image_folder_fa
     run_cli(
         "train.py",
         "-m",
-        "experiment=head_design_sweep",
+        "sweep=head_designs",
         f"data.root={root}",
         "head=linear,cosine",
-        "head.features=cls,mean",
+        "tap.features=cls,mean",
         "model.train_blocks=none",
         "debug=limit",
         "data.batch_size=4",
@@ -241,9 +251,9 @@ def test_head_design_sweep_over_two_heads_and_two_taps_completes(image_folder_fa
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())
         hparams = torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]
-        head, features = hparams["head"]["_target_"].rsplit(".", 1)[1], hparams["head"]["features"]
+        head, features = hparams["net"]["head"]["name"], hparams["net"]["tap"]["features"]
         seen.add((head, features))
-        head_parameters = {"LinearHead": D * 2 + 2, "CosineHead": D * 2 + 1}[head]
+        head_parameters = {"linear": D * 2 + 2, "cosine": D * 2 + 1}[head]
         assert summary["params"]["trainable"] == head_parameters
-        assert hparams["backbone"]["train_blocks"] == "none"
-    assert seen == {(h, f) for h in ("LinearHead", "CosineHead") for f in ("cls", "mean")}
+        assert hparams["train_blocks"] == "none"
+    assert seen == {(h, f) for h in ("linear", "cosine") for f in ("cls", "mean")}

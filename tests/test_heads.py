@@ -4,7 +4,8 @@ import torch
 from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
-from vitcls.models.heads import HEADS, LinearHead, MLPHead
+from vitcls.config import head_spec_of
+from vitcls.models.heads import HEADS, LinearHead, MLPHead, build_head
 
 HEAD_YAMLS = sorted(p.stem for p in (CONF_DIR / "head").glob("*.yaml"))
 
@@ -13,13 +14,20 @@ def test_every_head_yaml_is_registered_and_builds():
     assert {"linear", "mlp", "attention_pool", "cosine", "norm_linear"} <= set(HEAD_YAMLS)
     for name in HEAD_YAMLS:
         config = OmegaConf.load(CONF_DIR / "head" / f"{name}.yaml")
-        features = config.pop("features")  # consumed by the classifier's feature tap
-        config.pop("last_k")
-        head = hydra.utils.instantiate(config, in_features=24, num_classes=5)
+        assert not {"features", "last_k"} & set(config), name  # the feature tap is the `tap` node's
+        partial = hydra.utils.instantiate(config)  # _partial_: called with what the classifier knows
+        head = partial(in_features=24, num_classes=5)
         assert HEADS[name] is type(head)
-        assert head.takes_tokens == (features == "tokens")
+        assert head.takes_tokens == (name == "attention_pool")  # tap.features=auto gives it tokens
         inputs = torch.randn(3, 7, 24) if head.takes_tokens else torch.randn(3, 24)
         assert head(inputs).shape == (3, 5)
+        # what checkpoints store: the registered name and the settings, which rebuild the same head
+        spec = head_spec_of(config)
+        settings = {k: v for k, v in OmegaConf.to_container(config).items() if k not in ("_target_", "_partial_")}
+        assert spec == {"name": name, "module": "vitcls.models.heads", **settings}
+        rebuilt = build_head(spec, 24, 5)
+        assert type(rebuilt) is type(head)
+        assert rebuilt.state_dict().keys() == head.state_dict().keys()
 
 
 def test_mlp_layers_follow_the_config():

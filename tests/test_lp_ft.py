@@ -5,26 +5,20 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, tiny_module
 from torch.utils.data import DataLoader, TensorDataset
 
+from vitcls.callbacks.lp_ft import LinearProbeThenFineTune
+from vitcls.config import instantiate_dict_group
 from vitcls.errors import ConfigError
-from vitcls.finetune import LinearProbeThenFineTune
-from vitcls.instantiate import instantiate_dict_group
-from vitcls.models.module import ImageClassifier
+from vitcls.models.lightning_module import ClassifierModule
 
 
-def tiny_classifier(train_blocks="all") -> ImageClassifier:
-    return ImageClassifier(
-        backbone={
-            "name": "vit_tiny_patch16_224",
-            "pretrained": False,
-            "img_size": 32,
-            "depth": 2,
-            "train_blocks": train_blocks,
-        },
-        head={"_target_": "vitcls.models.heads.LinearHead"},
-        class_names=["a", "b", "c"],
+def tiny_classifier(train_blocks="all") -> ClassifierModule:
+    return tiny_module(
+        "linear",
+        train_blocks=train_blocks,
+        backbone={"depth": 2},
         optimizer={"_target_": "vitcls.models.optim.create_optimizer", "lr": 1e-2},
         scheduler=None,
     )
@@ -41,7 +35,7 @@ class RecordStages(L.Callback):
         self.optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.backbone_training.setdefault(trainer.current_epoch, pl_module.backbone.training)
+        self.backbone_training.setdefault(trainer.current_epoch, pl_module.net.backbone.training)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.states.append(self.snapshot(pl_module))
@@ -72,14 +66,14 @@ def test_backbone_is_frozen_for_the_probe_epochs_then_trains():
 
     initial, *after_epoch = recorder.states
     # the optimizer holds the backbone from the start, so fine-tuning needs no new param groups
-    assert {id(p) for p in module.backbone.parameters()} <= recorder.optimized
+    assert {id(p) for p in module.net.backbone.parameters()} <= recorder.optimized
     for epoch in (0, 1):
-        assert not changed(initial, after_epoch[epoch], "backbone."), f"backbone moved in probe epoch {epoch}"
-        assert changed(initial if epoch == 0 else after_epoch[0], after_epoch[epoch], "head.")
+        assert not changed(initial, after_epoch[epoch], "net.backbone."), f"backbone moved in probe epoch {epoch}"
+        assert changed(initial if epoch == 0 else after_epoch[0], after_epoch[epoch], "net.head.")
         assert recorder.backbone_training[epoch] is False
-    assert changed(after_epoch[1], after_epoch[2], "backbone.")
+    assert changed(after_epoch[1], after_epoch[2], "net.backbone.")
     assert recorder.backbone_training[2] is True
-    assert all(p.requires_grad for p in module.backbone.parameters())
+    assert all(p.requires_grad for p in module.net.backbone.parameters())
 
 
 def test_a_frozen_backbone_cannot_be_fine_tuned():

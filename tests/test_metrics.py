@@ -4,11 +4,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_module
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader, TensorDataset
 
-from vitcls.metrics import METRIC_NAMES, classification_metrics
-from vitcls.models.module import ImageClassifier
+from vitcls.metrics import METRICS, classification_metrics, metric_names
 
 
 def sklearn_metrics(y_true, y_pred) -> dict[str, float]:
@@ -28,18 +28,14 @@ def test_collection_matches_sklearn_with_absent_and_never_predicted_classes():
     for chunk in np.array_split(np.arange(300), 7):
         collection.update(torch.as_tensor(y_pred[chunk]), torch.as_tensor(y_true[chunk]))
     computed = {k: float(v) for k, v in collection.compute().items()}
-    assert set(computed) == set(METRIC_NAMES)
+    assert set(computed) == set(METRICS) == set(metric_names()) - {"loss"}
     for name, expected in sklearn_metrics(y_true, y_pred).items():
         assert computed[name] == pytest.approx(expected, abs=1e-6), name
 
 
 def test_module_test_loop_logs_exact_metrics_and_confusion_matrix():
     torch.manual_seed(0)
-    module = ImageClassifier(
-        backbone={"name": "vit_tiny_patch16_224", "img_size": 32},
-        head={"_target_": "vitcls.models.heads.LinearHead"},
-        class_names=["a", "b", "c", "d"],
-    )
+    module = tiny_module("linear", class_names=["a", "b", "c", "d"])
     images = torch.randn(53, 3, 32, 32)  # 53 = uneven last batch
     targets = torch.randint(0, 4, (53,))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

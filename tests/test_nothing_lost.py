@@ -11,20 +11,20 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 
+from vitcls.io import write_json_atomic
 from vitcls.reports import (
     GalleryItem,
     _confusion_figure,
     save_prediction_gallery,
     save_report,
-    write_json_atomic,
 )
 
 # Runs in a child process: Path.write_text writes half the text, then the process dies on the spot
 # (os._exit: no exception handlers, no cleanup), as a kill -9 or power cut would.
 CRASH_MIDWAY = """
-import os, sys
+import json, os, sys
 from pathlib import Path
-from vitcls import reports
+from vitcls import io
 
 def crash_midway(self, text, encoding=None):
     with open(self, "w", encoding=encoding) as handle:
@@ -35,9 +35,9 @@ def crash_midway(self, text, encoding=None):
 Path.write_text = crash_midway
 new = {"accuracy": 0.9, "padding": "x" * 10000}
 if sys.argv[2] == "atomic":
-    reports.write_json_atomic(sys.argv[1], new)
+    io.write_json_atomic(sys.argv[1], new)
 else:
-    Path(sys.argv[1]).write_text(reports.json.dumps(new))
+    Path(sys.argv[1]).write_text(json.dumps(new))
 """
 
 

@@ -8,15 +8,14 @@ import torch
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from vitcls import reports
+import vitcls.io
+from vitcls.io import write_json_atomic, write_text_atomic
+from vitcls.metrics import per_class_report
 from vitcls.reports import (
     GalleryItem,
-    per_class_report,
     save_confusion_matrix,
     save_prediction_gallery,
     save_report,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 TRICKY_NAMES = [
@@ -193,13 +192,20 @@ def test_write_json_atomic_failure_keeps_previous_file(tmp_path):
     assert _files(tmp_path) == ["metrics.json"]
 
 
-def test_atomic_write_failure_during_replace_cleans_up(tmp_path, monkeypatch):
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_atomic_write_failure_during_replace_cleans_up(tmp_path, monkeypatch, umask_027):
     path = write_text_atomic(tmp_path / "note.txt", "old")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(reports.os, "replace", failing_replace)
+    monkeypatch.setattr(vitcls.io.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_text_atomic(path, "new")
     with pytest.raises(OSError, match="disk full"):
@@ -207,4 +213,21 @@ def test_atomic_write_failure_during_replace_cleans_up(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == "old"
     assert _files(tmp_path) == ["note.txt"]
-    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert os.stat(path).st_mode & 0o777 == 0o640  # what open(path, "w") gives under umask 027
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_mode_of_a_plain_write_under_the_umask(tmp_path, mask):
+    previous = os.umask(mask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        files = [
+            write_text_atomic(tmp_path / "a.txt", "x"),
+            write_json_atomic(tmp_path / "b.json", {}),
+            vitcls.io.write_bytes_atomic(tmp_path / "c.bin", b"x"),
+        ]
+    finally:
+        os.umask(previous)
+    for path in files:
+        assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777 == 0o666 & ~mask, path

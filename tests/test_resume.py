@@ -14,7 +14,7 @@ import torch
 from conftest import FAST_OVERRIDES, REPO_ROOT
 
 from vitcls.errors import ConfigError
-from vitcls.resume import resolve_ckpt_path
+from vitcls.run_dir import resolve_ckpt_path
 
 EPOCHS = 3
 

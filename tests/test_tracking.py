@@ -8,7 +8,7 @@ import pytest
 from conftest import FAST_OVERRIDES, compose_config
 from wandb_records import offline_runs
 
-from vitcls.tracking import RUN_ID_FILE, create_wandb_logger, finish_wandb
+from vitcls.loggers.wandb import RUN_ID_FILE, create_wandb_logger, finish_wandb
 from vitcls.train import run
 
 
@@ -29,7 +29,7 @@ def wandb_env(monkeypatch, tmp_path):
 
 
 def test_without_an_api_key_the_run_is_written_offline(wandb_env, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="vitcls.tracking"):
+    with caplog.at_level(logging.WARNING, logger="vitcls.loggers.wandb"):
         # log_model=True online-only: Lightning refuses it offline, vitcls drops it with a warning instead
         logger = create_wandb_logger(project="vitcls-test", save_dir=str(tmp_path), log_model=True)
     assert "no W&B API key found: logging W&B offline" in caplog.text
@@ -42,7 +42,7 @@ def test_without_an_api_key_the_run_is_written_offline(wandb_env, tmp_path, capl
 def test_with_a_key_but_no_reachable_server_the_run_is_written_offline(wandb_env, tmp_path, caplog):
     wandb_env.setenv("WANDB_API_KEY", "0" * 40)
     wandb_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
-    with caplog.at_level(logging.WARNING, logger="vitcls.tracking"):
+    with caplog.at_level(logging.WARNING, logger="vitcls.loggers.wandb"):
         logger = create_wandb_logger(project="vitcls-test", save_dir=str(tmp_path))
     assert "the W&B server is not reachable: logging W&B offline" in caplog.text
     assert logger.experiment.offline

@@ -12,7 +12,7 @@ import yaml
 from conftest import FAST_OVERRIDES, compose_config, make_image_folder, run_cli, train_in_process
 from sklearn import metrics as skm
 
-from vitcls.metrics import METRIC_NAMES
+from vitcls.metrics import metric_names
 from vitcls.train import run
 
 
@@ -29,12 +29,12 @@ def test_fruits_run_writes_the_run_directory_and_eval_reproduces_it(fruits_root,
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["class_names"] == sorted(p.name for p in (fruits_root / "train").iterdir())
-    assert set(METRIC_NAMES) <= set(on_disk["test"])
+    assert set(metric_names()) <= set(on_disk["test"])
     assert summary["test"] == on_disk["test"]
     assert on_disk["best_epoch"] in (0, 1)
     assert on_disk["num_samples"] == {"train": 2560, "val": 640, "test": 1714}
     best = torch.load(on_disk["best_ckpt"], map_location="cpu", weights_only=True)
-    assert best["hyper_parameters"]["class_names"] == on_disk["class_names"]
+    assert best["hyper_parameters"]["net"]["class_names"] == on_disk["class_names"]
     assert best["epoch"] == on_disk["best_epoch"]
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -51,7 +51,7 @@ def test_fruits_run_writes_the_run_directory_and_eval_reproduces_it(fruits_root,
     run_cli("eval.py", f"ckpt_path={on_disk['best_ckpt']}", f"hydra.run.dir={eval_dir}",
             "trainer=cpu", "data.num_workers=0", "gallery.num_images=8")
     report = json.loads((eval_dir / "eval.json").read_text())
-    for name in METRIC_NAMES:
+    for name in metric_names():
         assert report["test"][name] == pytest.approx(on_disk["test"][name], abs=1e-6), name
     for name in ("prediction_gallery.png", "report.md", "report_per_class.csv", "test_confusion_matrix.png"):
         assert (eval_dir / name).is_file(), name
@@ -92,7 +92,7 @@ def test_same_seed_gives_the_same_metrics(image_folder_factory, tmp_path):
         assert torch.equal(weights[0][key], weights[1][key]), key
     third = train_in_process(tmp_path / "c", *args, "seed=7")
     third_weights = torch.load(third["best_ckpt"], weights_only=True)["state_dict"]
-    assert not torch.equal(third_weights["head.fc.weight"], weights[0]["head.fc.weight"])
+    assert not torch.equal(third_weights["net.head.fc.weight"], weights[0]["net.head.fc.weight"])
 
 
 def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
@@ -100,17 +100,17 @@ def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
     summary = train_in_process(tmp_path / "run", f"data.root={root}", "model.train_blocks=none", "trainer.max_epochs=1",
                                "callbacks.model_checkpoint.save_last=false")
     state = torch.load(summary["best_ckpt"], weights_only=True)["state_dict"]
-    from vitcls.models.module import ImageClassifier
+    from vitcls.models.classifier import ImageClassifier
 
     torch.manual_seed(42)  # run() seeds before building the module: same initial backbone
     fresh = ImageClassifier(backbone={"name": "vit_tiny_patch16_224", "img_size": 32},
-                            head={"_target_": "vitcls.models.heads.LinearHead"}, class_names=["a", "b"])
+                            head={"name": "linear"}, class_names=["a", "b"])
     for key, value in fresh.backbone.state_dict().items():
-        assert torch.equal(state[f"backbone.{key}"], value), key
+        assert torch.equal(state[f"net.backbone.{key}"], value), key
     head_parameters = 192 * 2 + 2
     assert summary["params"] == {"total": sum(p.numel() for p in fresh.parameters()), "trainable": head_parameters}
     logged = yaml.safe_load((tmp_path / "run" / "hparams.yaml").read_text())  # the CSV logger's hyperparameters
-    assert logged["params/trainable"] == head_parameters and logged["backbone"]["train_blocks"] == "none"
+    assert logged["params/trainable"] == head_parameters and logged["train_blocks"] == "none"
 
 
 def test_cli_reports_a_missing_folder_before_building_a_model(tmp_path):
@@ -144,9 +144,9 @@ def test_multirun_gives_each_job_its_own_run_directory(image_folder_factory, tmp
             f"hydra.sweep.dir={sweep_dir}")
     summaries = {job: json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")}
     assert {s["paths"]["run_dir"] for s in summaries.values()} == {str(sweep_dir / "0"), str(sweep_dir / "1")}
-    heads = [torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["head"]["_target_"]
+    heads = [torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["net"]["head"]["name"]
              for s in summaries.values()]
-    assert sorted(h.rsplit(".", 1)[1] for h in heads) == ["LinearHead", "MLPHead"]
+    assert sorted(heads) == ["linear", "mlp"]
 
 
 @pytest.mark.slow
@@ -167,8 +167,9 @@ def test_tutorial_recipe_runs_offline_from_a_local_weights_file(fruits_root, tmp
         "trainer.enable_progress_bar=false",
     ]))
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
-    assert checkpoint["hyper_parameters"]["backbone"]["name"] == "vit_base_patch16_224.augreg_in21k"
+    assert checkpoint["hyper_parameters"]["net"]["backbone"]["name"] == "vit_base_patch16_224.augreg_in21k"
+    assert checkpoint["hyper_parameters"]["net"]["tap"]["features"] == "cls"
     assert checkpoint["datamodule_hyper_parameters"]["crop_pct"] == 1.0
-    assert checkpoint["state_dict"]["backbone.pos_embed"].shape == (1, 197, 768)
-    assert checkpoint["state_dict"]["head.fc.weight"].shape == (10, 768)
+    assert checkpoint["state_dict"]["net.backbone.pos_embed"].shape == (1, 197, 768)
+    assert checkpoint["state_dict"]["net.head.fc.weight"].shape == (10, 768)
     assert summary["global_steps"] == 2

@@ -1,4 +1,4 @@
-"""`vitcls-compare SWEEP_DIR`: the jobs of a sweep side by side, without W&B.
+"""The jobs of a sweep side by side, without W&B (`vitcls-compare SWEEP_DIR`).
 
 Reads every job directory (one with `summary.json`, `FAILED.json` or Hydra's `.hydra/overrides.yaml`)
 under SWEEP_DIR, finds the settings that differ between jobs, sorts the jobs by a metric, prints a
@@ -7,22 +7,21 @@ markdown table and writes `compare.md`, `compare.csv` and `compare.png` (the met
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vitcls.cli import FAILURE_FILE
-from vitcls.errors import ConfigError, VitclsError
-from vitcls.reports import save_comparison_chart, write_text_atomic
+from vitcls.errors import ConfigError
+from vitcls.io import write_text_atomic
+from vitcls.metrics import better_is
+from vitcls.reports import save_comparison_chart
+from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, SUMMARY_FILE
 
-SUMMARY_FILE = "summary.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 _ERROR_CHARS = 120
 
@@ -54,7 +53,7 @@ def _settings(directory: Path) -> dict[str, str]:
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
         pairs = (override.split("=", 1) for override in overrides if "=" in override)
         return {key.lstrip("+~"): value for key, value in pairs}
-    config_file = directory / "config.yaml"
+    config_file = directory / CONFIG_FILE
     if config_file.is_file():
         config = OmegaConf.to_container(OmegaConf.load(config_file))
         return {k: v for k, v in _flatten(config).items() if not k.startswith("paths.")}
@@ -157,7 +156,7 @@ def compare(
     known = sorted({name for job in jobs for name in job.metrics})
     if known and metric not in known:
         raise ConfigError(f"--metric {metric}: not in the summaries; choose one of {', '.join(known)}")
-    minimize = metric == "loss" if minimize is None else minimize
+    minimize = better_is(metric) == "min" if minimize is None else minimize
     ranked = rank_jobs(jobs, metric, minimize)
     keys = varied_keys(jobs)
     rows = table_rows(ranked, keys, metric)
@@ -173,39 +172,3 @@ def compare(
         "png": save_comparison_chart(labels, values, f"test/{metric}", out_dir / "compare.png", best),
     }
     return table, files
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="vitcls-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (outputs/train/multiruns/<date>)")
-    parser.add_argument(
-        "--metric",
-        default="f1_macro",
-        help="test metric of summary.json to sort by: acc, f1_macro, loss... (default f1_macro)",
-    )
-    order = parser.add_mutually_exclusive_group()
-    order.add_argument(
-        "--minimize",
-        dest="minimize",
-        action="store_true",
-        default=None,
-        help="lower is better (the default for loss)",
-    )
-    order.add_argument("--maximize", dest="minimize", action="store_false", help="higher is better")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write compare.* (default: SWEEP_DIR)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        table, files = compare(args.sweep_dir, args.metric, args.minimize, args.out)
-    except VitclsError as error:
-        print(f"vitcls-compare: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(table, end="")
-    print("\n" + "\n".join(f"wrote {path}" for path in files.values()))
-
-
-if __name__ == "__main__":
-    main()

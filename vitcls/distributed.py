@@ -108,9 +108,9 @@ def _end_children(launcher: _SubprocessScriptLauncher) -> None:
 @contextlib.contextmanager
 def _children_rerun_this_hydra_job() -> Iterator[None]:
     """Lightning starts each child as `python <script> <this process's argv> hydra.run.dir=<HydraConfig run.dir>`.
-    In a multirun job that argv still holds `-m` and the sweep lists, and `run.dir` is not the job's directory
-    (DESIGN pitfall 1). Inside a multirun job, argv becomes this job's own overrides and `run.dir` its output
-    directory for the duration of the block. The launcher also exports LOCAL_RANK & co. into this process, which
+    In a multirun job that argv still holds `-m` and the sweep lists, and `run.dir` is not the job's directory:
+    the children would re-run the sweep elsewhere. Inside a multirun job, argv becomes this job's own overrides
+    and `run.dir` its output directory for the duration of the block. The launcher also exports LOCAL_RANK & co. into this process, which
     would make the next job believe its processes are started externally: they are restored afterwards.
     """
     from hydra.core.hydra_config import HydraConfig

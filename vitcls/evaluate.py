@@ -1,4 +1,9 @@
-"""`run(cfg)`: score a checkpoint on the test split and write report, confusion matrix and gallery."""
+"""`run(cfg)`: score a checkpoint on the test split and write report, confusion matrix and gallery.
+
+Everything lands in the eval run directory (`outputs/eval/runs/<date_time>/` unless hydra.run.dir says
+otherwise): eval.json, report.md, report_per_class.csv, predictions.csv, test_confusion_matrix.png/.csv
+and prediction_gallery.png.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +19,16 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from vitcls.config import to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import DatasetLayoutError, class_differences
 from vitcls.data.images import load_rgb
 from vitcls.errors import ConfigError
-from vitcls.instantiate import to_plain
-from vitcls.models.module import load_classifier
-from vitcls.reports import (
-    GalleryItem,
-    per_class_report,
-    save_confusion_matrix,
-    save_prediction_gallery,
-    save_report,
-    write_json_atomic,
-    write_text_atomic,
-)
-from vitcls.train import split_metrics
+from vitcls.io import write_json_atomic, write_text_atomic
+from vitcls.metrics import per_class_report, split_metrics
+from vitcls.models.heads import import_head_modules
+from vitcls.models.lightning_module import ClassifierModule
+from vitcls.reports import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +80,22 @@ def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclass
     return chosen
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    module, checkpoint = load_classifier(cfg.ckpt_path)
+def score(cfg: DictConfig) -> tuple[ClassifierModule, ImageFolderDataModule, dict[str, float]]:
+    """The checkpoint's test metrics on its run's test split (or the one `data.*` points to)."""
+    import_head_modules(list(cfg.get("imports") or []), "imports")
+    module, checkpoint = ClassifierModule.from_checkpoint(cfg.ckpt_path)
     datamodule = build_eval_datamodule(checkpoint, to_plain(cfg.data))
     check_same_classes(module.class_names, datamodule.class_names, str(datamodule.root))
     datamodule.set_data_config(module.data_config)
-
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], _convert_="all")
     results = trainer.test(module, datamodule=datamodule, verbose=True)[0]
+    return module, datamodule, split_metrics(results, "test")
 
+
+def write_reports(cfg: DictConfig, module: ClassifierModule, datamodule: ImageFolderDataModule,
+                  metrics: dict[str, float], output_dir: Path) -> dict[str, Any]:
     class_names = module.class_names
     confusion = module.last_confusion["test"]
-    metrics = split_metrics(results, "test")
     probabilities = torch.cat(module.test_predictions)
     skipped = datamodule.skipped_files()
     # Files that went bad during the test loop were dropped from their batch (data.on_bad_image=skip);
@@ -118,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         columns=cfg.gallery.columns,
         title="test predictions (red: misclassified)",
     )
-    report = {
+    return {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "data_root": str(datamodule.root),
         "class_names": class_names,
@@ -129,6 +128,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "per_class": per_class_report(confusion, class_names),
         "paths": {name: str(path) for name, path in files.items()},
     }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, datamodule, metrics = score(cfg)
+    report = write_reports(cfg, module, datamodule, metrics, output_dir)
     write_json_atomic(output_dir / "eval.json", report)
     log.info("test metrics: %s", metrics)
     log.info("eval directory: %s", output_dir)

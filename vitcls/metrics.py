@@ -1,8 +1,18 @@
-"""One metric definition for every split: clone it per split with a prefix."""
+"""The metrics of every split, defined once.
+
+`METRICS` is the one list of metric names: the collection that training, eval.py and vitcls-predict
+compute is built from it, and summary.json, eval.json, metrics.json, the checkpoint monitor and
+vitcls-compare take their names from what that collection computes. A metric added here appears
+everywhere without another edit.
+"""
 
 from __future__ import annotations
 
-from torchmetrics import MetricCollection
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -11,42 +21,93 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-# The keys of summary.json["test"] / eval.json, without split prefix.
-METRIC_NAMES = (
-    "acc",
-    "f1_macro",
-    "f1_weighted",
-    "precision_macro",
-    "precision_weighted",
-    "recall_macro",
-    "recall_weighted",
-)
+
+def _averaged(metric: type, average: str) -> Callable[[int], Metric]:
+    # Macro averages run over the classes that occur in the targets or the predictions, with 0 for an
+    # undefined ratio: scikit-learn's precision_recall_fscore_support(zero_division=0).
+    return lambda num_classes: metric(num_classes=num_classes, average=average, zero_division=0)
+
+
+# name -> factory(num_classes). Macro accuracy is not listed: it equals recall_macro (balanced accuracy).
+METRICS: dict[str, Callable[[int], Metric]] = {
+    "acc": lambda num_classes: MulticlassAccuracy(num_classes=num_classes, average="micro"),
+    "f1_macro": _averaged(MulticlassF1Score, "macro"),
+    "f1_weighted": _averaged(MulticlassF1Score, "weighted"),
+    "precision_macro": _averaged(MulticlassPrecision, "macro"),
+    "precision_weighted": _averaged(MulticlassPrecision, "weighted"),
+    "recall_macro": _averaged(MulticlassRecall, "macro"),
+    "recall_weighted": _averaged(MulticlassRecall, "weighted"),
+}
+# The validation metric that selects checkpoints and designs unless told otherwise.
+DEFAULT_SELECTION_METRIC = "f1_macro"
+# Lower is better for these (every other metric: higher is better).
+LOWER_IS_BETTER = frozenset({"loss"})
+
+
+def metric_names() -> tuple[str, ...]:
+    """The metrics of the collection, plus the loss that the LightningModule logs beside them."""
+    return (*METRICS, "loss")
+
+
+def better_is(metric: str) -> str:
+    """'min' or 'max' for a metric name, with or without its split prefix (val/loss -> min)."""
+    return "min" if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "max"
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy (fraction of images correct) and macro/weighted precision, recall and F1.
-
-    Macro accuracy is not listed: it equals recall_macro (balanced accuracy). Macro averages run over
-    the classes that occur in the targets or the predictions, with 0 for an undefined ratio: the
-    convention of scikit-learn's precision_recall_fscore_support(zero_division=0).
-    """
-    def kwargs(average: str) -> dict:
-        return dict(num_classes=num_classes, average=average, zero_division=0)
-
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(**kwargs("macro")),
-            "f1_weighted": MulticlassF1Score(**kwargs("weighted")),
-            "precision_macro": MulticlassPrecision(**kwargs("macro")),
-            "precision_weighted": MulticlassPrecision(**kwargs("weighted")),
-            "recall_macro": MulticlassRecall(**kwargs("macro")),
-            "recall_weighted": MulticlassRecall(**kwargs("weighted")),
-        },
-        # The default compute groups: the metrics built on the same stat scores share one state and
-        # one update per batch. Computed and reset as a collection (ImageClassifier._log_epoch_metrics).
-    )
+    """Every metric of `METRICS`. Those built on the same stat scores share one state and one update per
+    batch (torchmetrics compute groups); compute and reset the collection once per epoch."""
+    return MetricCollection({name: factory(num_classes) for name, factory in METRICS.items()})
 
 
 def confusion_matrix_metric(num_classes: int) -> MulticlassConfusionMatrix:
     return MulticlassConfusionMatrix(num_classes=num_classes)
+
+
+def split_metrics(results: dict[str, Any], split: str) -> dict[str, float]:
+    """{'test/acc': tensor(0.9), 'val/acc': ...} -> {'acc': 0.9} for one split: every metric logged for it."""
+    prefix = f"{split}/"
+    values = {key.removeprefix(prefix): float(value) for key, value in results.items() if key.startswith(prefix)}
+    order = {name: index for index, name in enumerate(metric_names())}
+    return dict(sorted(values.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def confusion_counts(confusion: Any, num_classes: int) -> np.ndarray:
+    """A (C, C) integer array of `confusion[true, predicted]` counts from a tensor, array or nested list."""
+    if hasattr(confusion, "detach"):
+        confusion = confusion.detach().cpu().numpy()
+    array = np.asarray(confusion)
+    if array.shape != (num_classes, num_classes):
+        raise ValueError(
+            f"confusion matrix has shape {array.shape}, expected ({num_classes}, {num_classes}) for "
+            f"{num_classes} class names"
+        )
+    return array.astype(np.int64)
+
+
+def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ratio with 0.0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+    out = np.zeros(numerator.shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def per_class_report(confusion: Any, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class, from `confusion[true, predicted]` counts."""
+    counts = confusion_counts(confusion, len(class_names))
+    true_positives = np.diag(counts)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    precision = safe_divide(true_positives, predicted)
+    recall = safe_divide(true_positives, support)
+    f1 = safe_divide(2 * true_positives, support + predicted)
+    return [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]

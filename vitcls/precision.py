@@ -1,8 +1,6 @@
-"""Numeric precision presets: `trainer.precision: auto` and float32 matmuls on CUDA tensor cores."""
+"""Numeric precision presets (`${vitcls.precision:...}` in conf/trainer) and float32 matmuls on tensor cores."""
 
 from __future__ import annotations
-
-from omegaconf import OmegaConf
 
 
 def precision_preset(accelerator: str = "auto") -> str:
@@ -22,9 +20,3 @@ def use_tensor_cores_for_float32() -> None:
 
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-
-
-def register_resolvers() -> None:
-    """`${vitcls.precision:${.accelerator}}` in conf/trainer/*.yaml."""
-    if not OmegaConf.has_resolver("vitcls.precision"):
-        OmegaConf.register_new_resolver("vitcls.precision", precision_preset)

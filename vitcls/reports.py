@@ -1,8 +1,8 @@
-"""Turning evaluation results into files a researcher reads: JSON, CSV, markdown and PNG figures.
+"""Evaluation results as files a researcher reads: confusion matrices, reports, galleries, charts.
 
 Figures are drawn on a bare `matplotlib.figure.Figure` (rendered by Agg on `savefig`), never through
 pyplot, so this module touches no global plotting state and is safe to call from worker threads.
-Every file is written atomically: to a temporary file in the target directory, then `os.replace`d.
+Every file is written atomically (`vitcls.io`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
-import os
-import tempfile
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
+
+from vitcls.io import atomic_write, write_text_atomic
+from vitcls.metrics import confusion_counts, per_class_report, safe_divide
 
 # Class names are user folder names: `$`, `_`, `^` must be drawn as typed, not as mathtext/LaTeX.
 _LITERAL_TEXT = {"parse_math": False, "usetex": False}
@@ -35,50 +35,8 @@ _WRONG = "#d62728"
 _RIGHT = "#2ca02c"
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file next to `path`, then move it into place; no debris on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut cannot leave it empty
-            os.fsync(handle.fileno())
-        tmp.chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str)  # fails before anything is touched
-    return write_text_atomic(path, text + "\n")
-
-
 def _save_figure(fig: Figure, path: str | Path) -> Path:
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
-
-
-def _to_confusion_array(confusion: Any, class_names: Sequence[str]) -> np.ndarray:
-    if hasattr(confusion, "detach"):  # torch.Tensor, without importing torch here
-        confusion = confusion.detach().cpu().numpy()
-    array = np.asarray(confusion)
-    n = len(class_names)
-    if array.shape != (n, n):
-        raise ValueError(f"confusion matrix has shape {array.shape}, expected ({n}, {n}) for {n} class names")
-    return array.astype(np.int64)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
 
 
 def _one_line(text: str) -> str:
@@ -89,34 +47,6 @@ def _one_line(text: str) -> str:
 def _truncate(text: str, limit: int) -> str:
     text = _one_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Element-wise ratio with 0.0 where the denominator is 0 (sklearn's zero_division=0)."""
-    out = np.zeros(numerator.shape, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
-    return out
-
-
-def per_class_report(confusion: Any, class_names: list[str]) -> list[dict]:
-    """Precision, recall, F1 and support of every class, from `confusion[true, predicted]` counts."""
-    counts = _to_confusion_array(confusion, class_names)
-    true_positives = np.diag(counts)
-    support = counts.sum(axis=1)
-    predicted = counts.sum(axis=0)
-    precision = _safe_divide(true_positives, predicted)
-    recall = _safe_divide(true_positives, support)
-    f1 = _safe_divide(2 * true_positives, support + predicted)
-    return [
-        {
-            "class": name,
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(class_names)
-    ]
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
@@ -135,7 +65,7 @@ def _confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")  # +1 inch for the colour bar
     ax = fig.add_subplot()
 
-    recall = _safe_divide(counts, counts.sum(axis=1, keepdims=True))
+    recall = safe_divide(counts, counts.sum(axis=1, keepdims=True))
     image = ax.imshow(recall, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="recall (row-normalised)")
 
@@ -170,7 +100,7 @@ def save_confusion_matrix(
     title: str | None = None,
 ) -> dict[str, Path]:
     """Write `{stem}.csv` (raw counts) and `{stem}.png` (heatmap coloured by recall, annotated with counts)."""
-    counts = _to_confusion_array(confusion, class_names)
+    counts = confusion_counts(confusion, len(class_names))
     out_dir = Path(out_dir)
     rows = [["true\\pred", *class_names]] + [
         [name, *row] for name, row in zip(class_names, counts.tolist(), strict=True)

@@ -1,4 +1,8 @@
-"""`run(cfg)`: fit on the image folder, test the best checkpoint, write the run directory."""
+"""`run(cfg)`: fit on the image folder, test the best checkpoint, write the run directory.
+
+The steps, in order: check the settings and the run directory; build the data (scan and check the folder),
+the trainer and the module; record the run's settings; fit and test; summarise; write the reports.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,61 +22,70 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.checkpoints import validate_resume_checkpoint
-from vitcls.config_checks import check_run_dir, check_train_config
+from vitcls.config import check_train_config, instantiate_dict_group, net_config, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
-from vitcls.data.quality import CheckMemo
-from vitcls.distributed import batch_layout, ddp_scoped_to_this_hydra_job
-from vitcls.export import export_checkpoint
-from vitcls.instantiate import instantiate_dict_group, to_plain
-from vitcls.metrics import METRIC_NAMES
-from vitcls.models.module import ImageClassifier
+from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
+from vitcls.inference.export import export_checkpoint
+from vitcls.io import write_json_atomic, write_text_atomic
+from vitcls.loggers.wandb import log_run_config, log_test_results
+from vitcls.metrics import metric_names, split_metrics
+from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
 from vitcls.precision import use_tensor_cores_for_float32
-from vitcls.reports import save_confusion_matrix, write_json_atomic, write_text_atomic
-from vitcls.resume import resolve_ckpt_path
-from vitcls.tracking import log_run_config, log_test_results
+from vitcls.reports import save_confusion_matrix
+from vitcls.run_dir import CONFIG_FILE, SUMMARY_FILE, check_run_dir, resolve_ckpt_path, summary_paths
 
 log = logging.getLogger(__name__)
 
 
-# Settings of the data group that vitcls.train acts on, not arguments of the DataModule (so not recorded in
-# checkpoints: where caches live says nothing about the data).
-RUN_SETTINGS = ("feature_cache", "feature_cache_dir", "image_check_cache_dir")
+@dataclass
+class FitOutcome:
+    """What fitting and testing produced: the best checkpoint and the test results."""
+
+    best_ckpt: str | None
+    best_epoch: int | None
+    best_val_score: float | None
+    test_results: dict[str, Any]
 
 
-def build_datamodule(data_cfg: DictConfig) -> ImageFolderDataModule:
-    """Instantiate, materialise (demo/download sources) and validate the folder: no model needed yet."""
-    settings = {k: v for k, v in to_plain(data_cfg).items() if k not in RUN_SETTINGS}
-    datamodule = hydra.utils.instantiate(settings, _convert_="all")
-    memo_dir = data_cfg.get("image_check_cache_dir") or (data_cfg.feature_cache_dir if data_cfg.get("feature_cache") else None)
-    if memo_dir:
-        datamodule.check_memo = CheckMemo.in_directory(memo_dir, datamodule.root)
+def build_datamodule(cfg: DictConfig) -> ImageFolderDataModule:
+    """Instantiate the `data` node, materialise (demo/download sources) and check the folder: no model needed."""
+    check_cache = cfg.data.get("image_check_cache_dir") or (
+        cfg.feature_cache.dir if cfg.feature_cache.enabled else None
+    )
+    datamodule = hydra.utils.instantiate(cfg.data, image_check_cache_dir=check_cache, _convert_="all")
     datamodule.prepare_data()
     datamodule.scan()
     return datamodule
 
 
-def build_module(cfg: DictConfig, class_names: list[str], effective_batch_size: int | None = None) -> ImageClassifier:
-    """`effective_batch_size` (default: data.batch_size, one device) for optim.scale_lr_with_batch."""
-    return ImageClassifier(
-        backbone=to_plain(cfg.model),
-        head=to_plain(cfg.head),
-        class_names=class_names,
-        optimizer=scale_lr_with_batch(to_plain(cfg.optim), effective_batch_size or cfg.data.batch_size),
-        scheduler=to_plain(cfg.get("sched")),
-        loss=to_plain(cfg.get("loss")),
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The `trainer` node, with the `callbacks` and `logger` dict groups instantiated entry by entry."""
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_dict_group(cfg.get("callbacks")),
+        logger=instantiate_dict_group(cfg.get("logger")) or False,
+        _convert_="all",
     )
 
 
-def split_metrics(metrics: dict[str, Any], split: str) -> dict[str, float]:
-    """{'test/acc': tensor(0.9)} -> {'acc': 0.9} for the metric names of summary.json."""
-    values = {}
-    for name in (*METRIC_NAMES, "loss"):
-        value = metrics.get(f"{split}/{name}")
-        if value is not None:
-            values[name] = float(value)
-    return values
+def build_module(cfg: DictConfig, class_names: list[str], effective_batch_size: int | None = None) -> ClassifierModule:
+    """`effective_batch_size` (default: data.batch_size, one device) for `lr_scaling.enabled`."""
+    optimizer = to_plain(cfg.optim)
+    if cfg.lr_scaling.enabled:
+        optimizer = scale_lr_with_batch(
+            optimizer, effective_batch_size or cfg.data.batch_size, cfg.lr_scaling.base_batch_size
+        )
+    return ClassifierModule(
+        net=net_config(cfg, class_names),
+        train_blocks=cfg.model.train_blocks,
+        bitfit=cfg.model.bitfit,
+        compile=cfg.model.compile,
+        optimizer=optimizer,
+        scheduler=to_plain(cfg.get("sched")),
+        loss=to_plain(cfg.get("loss")),
+    )
 
 
 def best_checkpoint(trainer: L.Trainer) -> tuple[str | None, int | None, float | None]:
@@ -83,65 +97,75 @@ def best_checkpoint(trainer: L.Trainer) -> tuple[str | None, int | None, float |
     return callback.best_model_path, int(checkpoint["epoch"]), None if score is None else float(score)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test and report. Returns the summary (also written to `<output_dir>/summary.json`)."""
-    started = time.time()
-    # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-    # Under DDP: the metrics are logged after torchmetrics synced them, identical on every rank.
-    warnings.filterwarnings(
-        "ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({'|'.join(METRIC_NAMES)})'"
-    )
+def prepare_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Check the settings, refuse a used run directory, resolve `ckpt_path`; seed everything."""
     output_dir = Path(cfg.paths.output_dir)
     check_train_config(cfg)
     if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
-        check_run_dir(output_dir, cfg)
+        check_run_dir(output_dir, resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     validate_resume_checkpoint(ckpt_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     use_tensor_cores_for_float32()
+    return output_dir, ckpt_path
 
-    datamodule = build_datamodule(cfg.data)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=instantiate_dict_group(cfg.get("callbacks")),
-        logger=instantiate_dict_group(cfg.get("logger")) or False,
-        _convert_="all",
-    )
-    layout = batch_layout(trainer, datamodule.hparams.batch_size)
-    module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
-    datamodule.set_data_config(module.data_config)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(layout.as_dict())
+
+def record_settings(cfg: DictConfig, trainer: L.Trainer, module: ClassifierModule, layout: BatchLayout) -> None:
+    """config.yaml in the run directory; batch layout, parameter counts and the flat config to the loggers."""
     if trainer.is_global_zero:
-        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(Path(cfg.paths.output_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     params = module.parameter_counts
     for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
+        logger.log_hyperparams(layout.as_dict())
         logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
     log_run_config(trainer.loggers, cfg)
 
-    batches = datamodule
-    if cfg.data.get("feature_cache"):
-        batches = build_feature_datamodule(datamodule, module, trainer, cfg.data.feature_cache_dir)
-        module.inputs_are_features = True
+
+def training_batches(
+    cfg: DictConfig, datamodule: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer
+) -> ImageFolderDataModule:
+    """The image batches, or, with `feature_cache.enabled`, the backbone's features of them."""
+    if not cfg.feature_cache.enabled:
+        return datamodule
+    batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
+    module.expect_inputs("features")
+    return batches
+
+
+def fit_and_test(
+    trainer: L.Trainer, module: ClassifierModule, batches: ImageFolderDataModule, ckpt_path: str | None
+) -> FitOutcome:
     with ddp_scoped_to_this_hydra_job(trainer):
         trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
         best_path, best_epoch, best_score = best_checkpoint(trainer)
-        test_results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True,
-                                    weights_only=True)[0]
-    skipped = datamodule.skipped_files()
+        results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True, weights_only=True)
+    return FitOutcome(best_path, best_epoch, best_score, results[0])
 
-    summary = {
+
+def summarise(
+    trainer: L.Trainer,
+    module: ClassifierModule,
+    datamodule: ImageFolderDataModule,
+    layout: BatchLayout,
+    outcome: FitOutcome,
+    ckpt_path: str | None,
+    started: float,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """summary.json: test metrics of the best checkpoint and what the run was."""
+    skipped = datamodule.skipped_files()
+    return {
         "class_names": datamodule.class_names,
-        "best_ckpt": best_path,
-        "best_epoch": best_epoch,
-        "best_val_score": best_score,
+        "best_ckpt": outcome.best_ckpt,
+        "best_epoch": outcome.best_epoch,
+        "best_val_score": outcome.best_val_score,
         "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
-        "test": split_metrics(test_results, "test"),
-        "params": params,
-        "num_samples": {split: len([s for s in samples if s.path not in skipped])
-                        for split, samples in datamodule.splits.items()},
+        "test": split_metrics(outcome.test_results, "test"),
+        "params": module.parameter_counts,
+        "num_samples": {
+            split: len([s for s in samples if s.path not in skipped]) for split, samples in datamodule.splits.items()
+        },
         "ignored_files": datamodule.scan().num_ignored,
         "skipped_files": len(skipped),
         "skipped": skipped,
@@ -152,24 +176,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "batch_layout": dataclasses.asdict(layout),
         "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),
-        "paths": {"run_dir": str(output_dir), "config": str(output_dir / "config.yaml")},
+        "paths": summary_paths(run_dir),
     }
-    if trainer.is_global_zero:
-        files = save_confusion_matrix(
-            module.last_confusion["test"], datamodule.class_names, output_dir, stem="test_confusion_matrix",
-            title="test confusion matrix",
+
+
+def write_outputs(
+    cfg: DictConfig, summary: dict[str, Any], trainer: L.Trainer, module: ClassifierModule,
+    datamodule: ImageFolderDataModule,
+) -> None:
+    """Rank zero: the test confusion matrix, the loggers' test results, the export, then summary.json."""
+    output_dir = Path(cfg.paths.output_dir)
+    files = save_confusion_matrix(
+        module.last_confusion["test"], datamodule.class_names, output_dir, stem="test_confusion_matrix",
+        title="test confusion matrix",
+    )
+    summary["paths"].update({f"test_confusion_matrix_{k}": str(v) for k, v in files.items()})
+    log_test_results(trainer.loggers, module, datamodule, files["png"])
+    export = cfg.get("export")
+    if export and export.enabled and summary["best_ckpt"]:
+        summary["paths"]["export_dir"] = str(
+            export_checkpoint(summary["best_ckpt"], export.dir, onnx=export.onnx, summary=summary)
         )
-        summary["paths"].update({f"test_confusion_matrix_{k}": str(v) for k, v in files.items()})
-        log_test_results(trainer.loggers, module, datamodule, files["png"])
-        metrics_csv = output_dir / "metrics.csv"
-        if metrics_csv.exists():
-            summary["paths"]["metrics_csv"] = str(metrics_csv)
-        export = cfg.get("export")
-        if export and export.enabled and best_path:
-            summary["paths"]["export_dir"] = str(
-                export_checkpoint(best_path, export.dir, onnx=export.onnx, summary=summary)
-            )
-        write_json_atomic(output_dir / "summary.json", summary)
-        log.info("test metrics: %s", summary["test"])
-        log.info("run directory: %s", output_dir)
+    write_json_atomic(output_dir / SUMMARY_FILE, summary)  # last: a run directory with it has finished
+    log.info("test metrics: %s", summary["test"])
+    log.info("run directory: %s", output_dir)
+
+
+def _quiet_expected_warnings() -> None:
+    # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Under DDP the metrics are logged after torchmetrics synced them: identical on every rank.
+    names = "|".join(metric_names())
+    warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({names})'")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, test and report. Returns the summary (also written to `<output_dir>/summary.json`)."""
+    started = time.time()
+    _quiet_expected_warnings()
+    run_dir, ckpt_path = prepare_run(cfg)
+    datamodule = build_datamodule(cfg)
+    trainer = build_trainer(cfg)
+    layout = batch_layout(trainer, datamodule.hparams.batch_size)
+    module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
+    datamodule.set_data_config(module.data_config)
+    record_settings(cfg, trainer, module, layout)
+    outcome = fit_and_test(trainer, module, training_batches(cfg, datamodule, module, trainer), ckpt_path)
+    summary = summarise(trainer, module, datamodule, layout, outcome, ckpt_path, started, run_dir)
+    if trainer.is_global_zero:
+        write_outputs(cfg, summary, trainer, module, datamodule)
     return summary

@@ -1,4 +1,4 @@
-"""`vitcls-data check ROOT`: everything in an image folder that would break training or bias the metrics.
+"""Everything in an image folder that would break training or bias the metrics (`vitcls-data check ROOT`).
 
 Per split and class: image counts, sizes and modes; bad files (unreadable, corrupt, truncated, empty,
 too many pixels, symlinks leading outside ROOT); non-image files; exact duplicates (same bytes) within a
@@ -8,14 +8,11 @@ split. Exit code 0: ready to train (warnings aside), 1: problems found, 2: ROOT 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vitcls.data.folder import SPLIT_ALIASES, DatasetLayoutError, FolderScan, class_differences, read_folder
+from vitcls.data.folder import SPLIT_ALIASES, FolderScan, class_differences, read_folder
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vitcls.data.quality import OUTSIDE_ROOT, FileCheck, check_files, duplicate_groups, split_of
 
@@ -37,6 +34,69 @@ def _problem(severity: str, kind: str, message: str, paths: list[str] | None = N
     return {"severity": severity, "kind": kind, "message": message, "paths": paths or []}
 
 
+def _split_report(split: str, folders, checks: dict[str, FileCheck]) -> tuple[dict, list[dict], list[dict]]:
+    """(the split's entry of the report, its bad files, its problems)."""
+    classes, bad_files, problems = {}, [], []
+    for name in folders.class_names:
+        class_checks = [checks[path] for path in folders.files[name]]
+        classes[name] = _class_stats(class_checks)
+        bad_files += [
+            {"path": c.path, "split": split, "class": name, "reason": c.reason} for c in class_checks if not c.ok
+        ]
+        if not classes[name]["images"]:
+            problems.append(_problem(
+                ERROR, "empty_class",
+                f"{split}: class folder {name!r} has no usable image (it cannot be learned or scored)",
+                [str(folders.directory / name)],
+            ))
+    if folders.ignored:
+        problems.append(_problem(
+            WARNING, "non_image_files", f"{split}: {len(folders.ignored)} non-image file(s) ignored", folders.ignored
+        ))
+    entry = {"directory": str(folders.directory), "classes": classes, "non_image_files": folders.ignored}
+    return entry, bad_files, problems
+
+
+def _class_problems(scan: FolderScan) -> list[dict]:
+    """Classes that differ between splits, and too few classes to classify."""
+    problems = []
+    for split, folders in scan.splits.items():
+        missing, extra = class_differences(scan.class_names, folders.class_names)
+        if missing or extra:
+            problems.append(_problem(
+                ERROR, "class_mismatch",
+                f"{split}: classes missing compared to train: {missing or 'none'}; classes not in train: "
+                f"{extra or 'none'}",
+            ))
+    if len(scan.class_names) < 2:
+        problems.append(_problem(
+            ERROR, "too_few_classes",
+            f"train has {len(scan.class_names)} class folder(s); classification needs at least two",
+        ))
+    return problems
+
+
+def _duplicates(scan: FolderScan, checks: dict[str, FileCheck]) -> tuple[list, list, list[dict]]:
+    """(groups of identical files within a split, across splits (leakage), their problems)."""
+    split_by_path = split_of(scan)
+    within, across = [], []
+    for group in duplicate_groups(list(checks.values())):
+        (across if len({split_by_path[p] for p in group}) > 1 else within).append(group)
+    problems = [
+        _problem(
+            ERROR, "leakage",
+            f"identical images in {' and '.join(sorted({split_by_path[p] for p in group}))}: " + " == ".join(group),
+            group,
+        )
+        for group in across
+    ]
+    problems += [
+        _problem(WARNING, "duplicate", f"identical images within {split_by_path[group[0]]}: " + " == ".join(group), group)
+        for group in within
+    ]
+    return within, across, problems
+
+
 def check_folder(
     root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, workers: int | None = None
 ) -> dict[str, Any]:
@@ -44,99 +104,21 @@ def check_folder(
     the metrics would be biased. Raises DatasetLayoutError when ROOT has no readable layout."""
     scan: FolderScan = read_folder(root)
     checks = {c.path: c for c in check_files(scan.all_files(), max_pixels, workers)}
-    problems: list[dict[str, Any]] = []
-    splits: dict[str, Any] = {}
-    bad_files = []
+    splits, bad_files, problems = {}, [], []
     for split, folders in sorted(scan.splits.items(), key=lambda item: SPLIT_ORDER.index(item[0])):
-        classes = {}
-        for name in folders.class_names:
-            class_checks = [checks[path] for path in folders.files[name]]
-            classes[name] = _class_stats(class_checks)
-            bad_files += [
-                {"path": c.path, "split": split, "class": name, "reason": c.reason}
-                for c in class_checks
-                if not c.ok
-            ]
-            if not classes[name]["images"]:
-                problems.append(
-                    _problem(
-                        ERROR,
-                        "empty_class",
-                        f"{split}: class folder {name!r} has no usable "
-                        "image (it cannot be learned or scored)",
-                        [str(folders.directory / name)],
-                    )
-                )
-        splits[split] = {
-            "directory": str(folders.directory),
-            "classes": classes,
-            "non_image_files": folders.ignored,
-        }
-        if folders.ignored:
-            problems.append(
-                _problem(
-                    WARNING,
-                    "non_image_files",
-                    f"{split}: {len(folders.ignored)} non-image file(s) ignored",
-                    folders.ignored,
-                )
-            )
-    bad_files += [
-        {"path": path, "split": None, "class": None, "reason": OUTSIDE_ROOT} for path in scan.outside_root
-    ]
-    for bad in bad_files:
-        problems.append(_problem(ERROR, "bad_file", f"{bad['path']}: {bad['reason']}", [bad["path"]]))
-
-    train_classes = scan.class_names
-    for split, folders in scan.splits.items():
-        missing, extra = class_differences(train_classes, folders.class_names)
-        if missing or extra:
-            problems.append(
-                _problem(
-                    ERROR,
-                    "class_mismatch",
-                    f"{split}: classes missing compared to train: "
-                    f"{missing or 'none'}; classes not in train: {extra or 'none'}",
-                )
-            )
-    if len(train_classes) < 2:
-        problems.append(
-            _problem(
-                ERROR,
-                "too_few_classes",
-                f"train has {len(train_classes)} class folder(s); classification needs at least two",
-            )
-        )
-
-    split_by_path = split_of(scan)
-    within, across = [], []
-    for group in duplicate_groups(list(checks.values())):
-        (across if len({split_by_path[p] for p in group}) > 1 else within).append(group)
-    for group in across:
-        problems.append(
-            _problem(
-                ERROR,
-                "leakage",
-                "identical images in "
-                f"{' and '.join(sorted({split_by_path[p] for p in group}))}: " + " == ".join(group),
-                group,
-            )
-        )
-    for group in within:
-        problems.append(
-            _problem(
-                WARNING,
-                "duplicate",
-                f"identical images within {split_by_path[group[0]]}: " + " == ".join(group),
-                group,
-            )
-        )
-
+        splits[split], split_bad, split_problems = _split_report(split, folders, checks)
+        bad_files += split_bad
+        problems += split_problems
+    bad_files += [{"path": path, "split": None, "class": None, "reason": OUTSIDE_ROOT} for path in scan.outside_root]
+    problems += [_problem(ERROR, "bad_file", f"{bad['path']}: {bad['reason']}", [bad["path"]]) for bad in bad_files]
+    problems += _class_problems(scan)
+    within, across, duplicate_problems = _duplicates(scan, checks)
+    problems += duplicate_problems
     return {
         "root": str(scan.root.resolve()),
         "ok": not any(p["severity"] == ERROR for p in problems),
         "max_image_pixels": max_pixels,
-        "class_names": train_classes,
+        "class_names": scan.class_names,
         "splits": splits,
         "bad_files": bad_files,
         "symlinks_outside_root": scan.outside_root,
@@ -177,44 +159,3 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append("\nready to train" + (f" ({len(problems)} warning(s))" if problems else ""))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vitcls-data", description="Inspect an image folder before training."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser(
-        "check",
-        help="report bad files, duplicates, leakage and class problems",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("root", type=Path, help="the image folder (same layouts as data.root)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help=f"decoded pixel cap per image, as data.max_image_pixels (default {DEFAULT_MAX_IMAGE_PIXELS})",
-    )
-    check.add_argument(
-        "--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)"
-    )
-    args = parser.parse_args(argv)
-    if args.max_pixels <= 0:
-        parser.error("--max-pixels must be a positive integer")
-    try:
-        report = check_folder(args.root, args.max_pixels, args.workers)
-    except DatasetLayoutError as error:
-        if args.json:
-            print(json.dumps({"root": str(args.root), "ok": False, "layout_error": str(error)}, indent=2))
-        else:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0 if report["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -11,9 +12,9 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from timm.data import Mixup
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad
+from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad, default_num_workers
 from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vitcls.data.quality import (
@@ -25,7 +26,7 @@ from vitcls.data.quality import (
     warn_about_leakage,
 )
 from vitcls.data.split import stratified_split
-from vitcls.data.transforms import build_eval_transform, build_train_transform
+from vitcls.data.transforms import apply_preprocessing_overrides, build_eval_transform, build_train_transform
 from vitcls.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,6 @@ class FolderSource(Protocol):
     """Something that can put a labelled image folder at `root` (a generator, a downloader...)."""
 
     def prepare(self, root: Path) -> None: ...
-
-
-def default_num_workers(devices: int = 1) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus // max(1, devices)))
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -56,6 +49,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     Bad files: before any split is made, every image is decoded once (`vitcls.data.quality`).
     `on_bad_image="error"` stops with the list of bad files; `"skip"` leaves them out with a warning,
     and a file that goes bad later is dropped from its batch (`skipped_files()` counts both).
+    `image_check_cache_dir` remembers those checks across runs (files unchanged since are not decoded
+    again); it is not a hyperparameter, so checkpoints keep only what defines the data.
     """
 
     def __init__(
@@ -78,9 +73,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         mixup: dict[str, Any] | None = None,
         source: FolderSource | None = None,
+        image_check_cache_dir: str | os.PathLike | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["source"])
+        self.save_hyperparameters(ignore=["source", "image_check_cache_dir"])
         self.hparams.root = str(Path(root).expanduser().resolve())
         self.root = Path(self.hparams.root)
         self.source = source
@@ -91,11 +87,18 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._file_stats: dict[str, tuple[int, int] | None] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
         self.mixup: Mixup | None = None
-        # Set where the datasets hold tensors in memory (vitcls.data.feature_cache): worker processes would
-        # only add start-up time. Not a hyperparameter, so checkpoints keep the image settings.
-        self.loader_workers: int | None = None
-        # Decode checks of an earlier scan, reused for unchanged files (set by vitcls.train for sweeps).
-        self.check_memo: CheckMemo | None = None
+        self.check_memo = CheckMemo.in_directory(image_check_cache_dir, self.root) if image_check_cache_dir else None
+        self._loader_workers = num_workers
+
+    def serving(self, datasets: dict[str, Dataset]) -> ImageFolderDataModule:
+        """A copy that serves other datasets of the same samples (in-memory tensors, e.g. cached features)
+        with everything else unchanged: hyperparameters (checkpoints record the image settings, so eval.py
+        scores images), samplers, batch sizes, drop rule and loader seeds, so the random stream is the one
+        of the image run. In-memory tensors need no worker processes."""
+        served = copy.copy(self)
+        served.datasets = dict(datasets)
+        served._loader_workers = 0
+        return served
 
     # --- folder and splits -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -154,8 +157,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     # --- transforms and datasets -------------------------------------------------------------
     def set_data_config(self, data_config: dict[str, Any]) -> None:
         """Use the backbone's preprocessing; config-level crop_pct/interpolation overrides win."""
-        overrides = {k: self.hparams[k] for k in ("crop_pct", "interpolation") if self.hparams[k] is not None}
-        self.data_config = {**data_config, **overrides}
+        self.data_config = apply_preprocessing_overrides(data_config, self.hparams)
         self.datasets = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -241,7 +243,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _loader(
         self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False, generator=None
     ) -> DataLoader:
-        workers = self.loader_workers if self.loader_workers is not None else self.hparams.num_workers
+        workers = self._loader_workers
         if workers is None:
             workers = default_num_workers(self._devices())
         pin = self.hparams.pin_memory if self.hparams.pin_memory is not None else self._on_cuda()
@@ -278,5 +280,5 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _loader_generator(self) -> torch.Generator:
         # Every iterator a DataLoader creates draws its worker base seed from this generator, not from the global
         # RNG: how many iterators there are (persistent workers or not, a sanity check or not) must not shift the
-        # random numbers of dropout and drop-path (see vitcls.resume.RestoreRNGStates).
+        # random numbers of dropout and drop-path (see vitcls.callbacks.rng_states.RestoreRNGStates).
         return torch.Generator().manual_seed(self.hparams.shuffle_seed)

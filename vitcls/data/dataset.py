@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,6 +14,15 @@ from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb
 from vitcls.errors import VitclsError
 
 log = logging.getLogger(__name__)
+
+
+def default_num_workers(devices: int = 1) -> int:
+    """DataLoader worker processes per device: the CPUs this process may use, shared by the devices, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // max(1, devices)))
 
 
 class ImageDecodeError(VitclsError):

@@ -16,7 +16,6 @@ stands for, written last: an entry without its JSON is incomplete and recomputed
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -32,10 +31,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-from vitcls.data.datamodule import ImageFolderDataModule, default_num_workers
+from vitcls.data.datamodule import ImageFolderDataModule
+from vitcls.data.dataset import default_num_workers
 from vitcls.data.folder import Sample
 from vitcls.errors import ConfigError
-from vitcls.reports import write_bytes_atomic, write_json_atomic
+from vitcls.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,19 @@ SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 # Settings of the model config that leave the features of the backbone in eval mode unchanged
 # (weights are fingerprinted by their values instead of by where they came from).
-_NOT_FEATURE_SETTINGS = frozenset({"train_blocks", "bitfit", "pretrained", "weights", "drop_path_rate"})
+_NOT_FEATURE_SETTINGS = frozenset({"pretrained", "weights", "drop_path_rate"})
 
 
 def check_cacheable(module: torch.nn.Module, train_augment: Any, mixup: Any = None) -> None:
     """Cached features stand in for the backbone only if it never changes and sees fixed inputs."""
     if mixup:
-        raise ConfigError("data.feature_cache=true cannot mix images (data.mixup): set data.mixup=null")
-    trainable = any(p.requires_grad for p in module.backbone.parameters())
+        raise ConfigError("feature_cache.enabled=true cannot mix images (data.mixup): set data.mixup=null")
+    trainable = any(p.requires_grad for p in module.net.backbone.parameters())
     if trainable or train_augment:
         raise ConfigError(
-            "data.feature_cache=true needs a frozen backbone (model.train_blocks=none) and no training-time "
+            "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none) and no training-time "
             f"augmentation (data.train_augment=null); got a {'trainable' if trainable else 'frozen'} backbone "
-            f"and data.train_augment={train_augment!r}. Switch data.feature_cache off or change those settings."
+            f"and data.train_augment={train_augment!r}. Switch feature_cache.enabled off or change those settings."
         )
 
 
@@ -81,13 +81,13 @@ def files_fingerprint(samples: list[Sample], root: Path) -> list[list]:
 def feature_fingerprint(
     module: torch.nn.Module, transform: Callable, data_config: dict[str, Any], precision: str
 ) -> dict[str, Any]:
-    """Everything except the files that determines `module.features(transform(image))`."""
-    hparams = module.hparams
+    """Everything except the files that determines `module.net.features(transform(image))`."""
+    net = module.net
     return {
         "format": FORMAT_VERSION,
-        "backbone": {k: v for k, v in dict(hparams["backbone"]).items() if k not in _NOT_FEATURE_SETTINGS},
-        "backbone_state_sha256": state_hash(module.backbone),
-        "feature_tap": {key: dict(hparams["head"]).get(key) for key in ("features", "last_k")},
+        "backbone": {k: v for k, v in net.config["backbone"].items() if k not in _NOT_FEATURE_SETTINGS},
+        "backbone_state_sha256": state_hash(net.backbone),
+        "feature_tap": dict(net.config["tap"]),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "transform": repr(transform),
         "precision": precision,
@@ -138,31 +138,18 @@ def compute_features(
     device: torch.device,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[Tensor, Tensor]:
-    """`module.features` over a loader of (images, labels), in eval mode; returns CPU tensors."""
+    """`module.net.features` over a loader of (images, labels), in eval mode; returns CPU tensors."""
     was_training = module.training
     module.eval()
     features, labels = [], []
     try:
         for images, targets in loader:
             with forward_context():
-                features.append(module.features(images.to(device)).cpu())
+                features.append(module.net.features(images.to(device)).cpu())
             labels.append(targets)
     finally:
         module.train(was_training)
     return torch.cat(features), torch.cat(labels)
-
-
-def feature_datamodule(images: ImageFolderDataModule, datasets: dict[str, TensorDataset]) -> ImageFolderDataModule:
-    """The image DataModule, serving (features, label) instead of images.
-
-    A shallow copy with other datasets: the same hyperparameters (checkpoints record the image settings,
-    so eval.py scores images), samplers, batch sizes, drop rule and loader seeds, so the random stream of
-    the cached run (shuffling, dropout) is the uncached run's. In-memory tensors need no worker processes.
-    """
-    features = copy.copy(images)
-    features.datasets = datasets
-    features.loader_workers = 0
-    return features
 
 
 def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision: str) -> dict[str, str]:
@@ -222,8 +209,8 @@ def build_feature_datamodule(
             description = {
                 "split": split,
                 "data_root": str(images.root),
-                "backbone": module.hparams["backbone"].get("name"),
+                "backbone": module.net.config["backbone"].get("name"),
             }
             cache.save(keys[split], *tensors, description)
         found.update(computed)
-    return feature_datamodule(images, {split: TensorDataset(*found[split]) for split in SPLITS})
+    return images.serving({split: TensorDataset(*found[split]) for split in SPLITS})

@@ -19,7 +19,7 @@ from pathlib import Path
 from vitcls.data.folder import DatasetLayoutError, FolderScan
 from vitcls.data.images import BadImageError, ImageInfo, decode_image
 from vitcls.errors import ConfigError
-from vitcls.reports import write_json_atomic
+from vitcls.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

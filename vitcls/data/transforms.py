@@ -34,6 +34,16 @@ def resolve_data_config(model: nn.Module, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+# Data settings (data.crop_pct, data.interpolation) that override the backbone's preprocessing when set.
+PREPROCESSING_OVERRIDES = ("crop_pct", "interpolation")
+
+
+def apply_preprocessing_overrides(data_config: dict[str, Any], data_settings: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's data config with the run's non-null data.crop_pct / data.interpolation applied."""
+    overrides = {key: data_settings.get(key) for key in PREPROCESSING_OVERRIDES}
+    return {**data_config, **{key: value for key, value in overrides.items() if value is not None}}
+
+
 def build_eval_transform(data_config: dict[str, Any]):
     return create_transform(**data_config, is_training=False)
 

@@ -1,5 +1,1 @@
-from vitcls.models.backbone import create_backbone
-from vitcls.models.heads import HEADS, Head
-from vitcls.models.module import ImageClassifier
-
-__all__ = ["HEADS", "Head", "ImageClassifier", "create_backbone"]
+"""The network (backbone, feature tap, head registry, classifier) and the LightningModule that trains it."""

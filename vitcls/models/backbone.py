@@ -1,4 +1,4 @@
-"""Backbone factory: a timm model without classifier (`num_classes=0`) that returns pooled features."""
+"""Backbone factory: a timm ViT without classifier (`num_classes=0`), from the hub, its cache or a local file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from torch import nn
 
 from vitcls.errors import ConfigError, VitclsError
 
-POOLING = {"token": "token", "cls": "token", "avg": "avg"}
+# Settings of vitcls 0.1 that a checkpoint or a command line may still carry, and what replaced them.
+REPLACED_SETTINGS = {"freeze": "model.train_blocks=none", "pool": "tap.features=cls or mean"}
 
 
 class PretrainedWeightsUnavailable(VitclsError, RuntimeError):
@@ -51,7 +52,6 @@ def create_backbone(
     pretrained: bool = False,
     weights: str | None = None,
     img_size: int | None = None,
-    pool: str | None = None,
     drop_path_rate: float = 0.0,
     **model_kwargs,
 ) -> nn.Module:
@@ -60,24 +60,20 @@ def create_backbone(
     - `weights`: a local .safetensors/.pth/.bin file (a timm state dict, head or no head). It goes
       through timm's pretrained loading (pos-embed resizing for another img_size, classifier dropped);
       `checkpoint_path=` would load strictly and fail on a different head.
-    - `pool`: None keeps the model's own pooling (the classifier reads tokens through its feature tap,
-      vitcls.models.features); `token` (CLS) or `avg` (mean of patch tokens) set it. For `avg`,
-      `fc_norm=False` keeps the final norm where the pretrained weights expect it.
+
+    The model keeps its own pooling settings: the classifier reads tokens through its feature tap
+    (vitcls.models.features), never through timm's pooled `forward_head`.
     """
-    if pool is not None and pool not in POOLING:
-        raise ConfigError(f"model.pool must be one of {sorted(POOLING)}, got {pool!r}")
+    for old in REPLACED_SETTINGS.keys() & model_kwargs.keys():
+        raise ConfigError(f"model.{old} was replaced: use {REPLACED_SETTINGS[old]}")
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(
             f"model.name={name!r} is not a timm model. List candidates with "
             f"`python -c \"import timm; print(timm.list_models('vit_*'))\"`."
         )
     kwargs = dict(num_classes=0, drop_path_rate=drop_path_rate, **model_kwargs)
-    if pool is not None:
-        kwargs["global_pool"] = POOLING[pool]
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if pool is not None and POOLING[pool] == "avg":
-        kwargs["fc_norm"] = False
 
     if weights:
         path = Path(weights).expanduser()

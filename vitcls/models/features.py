@@ -1,4 +1,4 @@
-"""Feature taps: what the head sees of a timm ViT (`head.features`).
+"""Feature taps: what the head sees of a timm ViT (`tap.features`).
 
 Every tap reads timm's own forward (`forward_features`, or `forward_intermediates` for `last_k`), so the
 backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
@@ -12,6 +12,7 @@ pooling, as timm's `forward_head` does).
   last_k    CLS tokens of the last k blocks, each through the final norm, concatenated (DINO's linear
             evaluation)                                 (B, kD)
   tokens    every token (prefix and patches)            (B, N, D), for heads that pool themselves
+  auto      tokens for heads that pool tokens themselves (attention_pool), cls for every other head
 """
 
 from __future__ import annotations
@@ -25,24 +26,32 @@ from vitcls.errors import ConfigError
 # The pooled taps, as timm's `global_pool_nlc` pool types.
 POOLS = {"cls": ("token",), "mean": ("avg",), "cls+mean": ("token", "avg")}
 FEATURE_TAPS = (*POOLS, "last_k", "tokens")
+AUTO = "auto"
+
+
+def resolve_features(features: str, head_takes_tokens: bool) -> str:
+    """`auto` -> what the head needs (tokens or the CLS token); any other value as given."""
+    if features == AUTO:
+        return "tokens" if head_takes_tokens else "cls"
+    return features
 
 
 class FeatureTap:
-    """Images -> the features `head.features` names, computed by a timm ViT. Holds no parameters."""
+    """Images -> the features `tap.features` names, computed by a timm ViT. Holds no parameters."""
 
     def __init__(self, backbone: nn.Module, features: str = "cls", last_k: int = 4):
         if features not in FEATURE_TAPS:
             raise ConfigError(
-                f"head.features={features!r} is not supported; choose one of {list(FEATURE_TAPS)}"
+                f"tap.features={features!r} is not supported; choose one of {[*FEATURE_TAPS, AUTO]}"
             )
         if features in ("cls", "cls+mean", "last_k") and getattr(backbone, "cls_token", None) is None:
             raise ConfigError(
-                f"head.features={features!r} needs a CLS token, but this backbone has none "
-                "(e.g. the *_gap_* timm models); use head.features=mean or tokens."
+                f"tap.features={features!r} needs a CLS token, but this backbone has none "
+                "(e.g. the *_gap_* timm models); use tap.features=mean or tokens."
             )
         depth = len(backbone.blocks)
         if features == "last_k" and not 1 <= int(last_k) <= depth:
-            raise ConfigError(f"head.last_k must be between 1 and the backbone depth {depth}, got {last_k}")
+            raise ConfigError(f"tap.last_k must be between 1 and the backbone depth {depth}, got {last_k}")
         self.features = features
         self.last_k = int(last_k)
         self.num_prefix_tokens = backbone.num_prefix_tokens
@@ -58,12 +67,12 @@ class FeatureTap:
         takes_tokens = getattr(head, "takes_tokens", False)
         if takes_tokens and not self.yields_tokens:
             raise ConfigError(
-                f"head {type(head).__name__} pools tokens itself: set head.features=tokens "
+                f"head {type(head).name!r} pools tokens itself: set tap.features=tokens or auto "
                 f"(got {self.features!r})"
             )
         if self.yields_tokens and not takes_tokens:
             raise ConfigError(
-                f"head {type(head).__name__} needs a pooled vector, but head.features=tokens gives "
+                f"head {type(head).name!r} needs a pooled vector, but tap.features=tokens gives "
                 f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)"
             )
 

@@ -1,16 +1,20 @@
-"""Classification heads: modules mapping backbone features to logits (B, num_classes).
+"""Classification heads: modules mapping backbone features to logits (B, num_classes), and their registry.
 
-A head reads what the feature tap (`head.features`, vitcls.models.features) gives: a pooled vector
+A head reads what the feature tap (`tap.features`, vitcls.models.features) gives: a pooled vector
 (B, in_features), or, for heads with `takes_tokens = True`, all tokens (B, N, in_features).
-Adding a head = one subclass of `Head` here (or anywhere imported) + one YAML in conf/head/ whose
-`_target_` names it. Subclasses register themselves in `HEADS` under their `name`.
+
+Heads are named by the registry: a subclass of `Head` with a `name` registers itself in `HEADS`, and
+checkpoints and export directories store that name and the head's settings (`HeadSpec`), never a Python
+path, so a class can be renamed or moved without breaking old runs. Adding a head = one subclass here (or
+in any module you import) + `conf/head/<name>.yaml` whose `_target_` is the class.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,8 @@ from torch import Tensor, nn
 from vitcls.errors import ConfigError
 
 HEADS: dict[str, type[Head]] = {}
+# {"name": registered name, "module": where the class was defined (a hint when it is missing), **settings}
+HeadSpec = dict[str, Any]
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 NORMS = {"layernorm": nn.LayerNorm, "batchnorm": nn.BatchNorm1d}
@@ -40,6 +46,45 @@ class Head(nn.Module):
             raise ConfigError(f"head needs positive in_features and num_classes, got {in_features}, {num_classes}")
         self.in_features = in_features
         self.num_classes = num_classes
+
+
+def registered_head(name: str, module: str | None = None) -> type[Head]:
+    """The head class registered as `name`; a missing one is a ConfigError that says where its code is."""
+    if name in HEADS:
+        return HEADS[name]
+    where = (
+        f"Its code was in the Python module {module!r}, which this process has not imported: import it first "
+        f"(`import {module}` before loading; vitcls-predict/vitcls-export --import {module}; eval.py "
+        f"imports=[{module}])."
+        if module and module != __name__
+        else "Was it renamed? Its `name` must stay the same for old checkpoints and exports to load."
+    )
+    raise ConfigError(f"head {name!r} is not a registered head (registered: {sorted(HEADS)}). {where}")
+
+
+def head_spec(head_class: type[Head], settings: dict[str, Any]) -> HeadSpec:
+    """What checkpoints and exports store of a head: its registered name, its module and its settings."""
+    name = head_class.__dict__.get("name")
+    if name is None or HEADS.get(name) is not head_class:
+        raise ConfigError(
+            f"{head_class.__module__}.{head_class.__qualname__} is not a registered head: subclass "
+            "vitcls.models.heads.Head and give it a unique class attribute `name`"
+        )
+    return {"name": name, "module": head_class.__module__, **settings}
+
+
+def import_head_modules(names: list[str], setting: str) -> None:
+    """Import the modules that define (and so register) custom heads, e.g. before loading a checkpoint."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(f"{setting}: cannot import {name!r}: {error}") from error
+
+
+def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> Head:
+    settings = {k: v for k, v in spec.items() if k not in ("name", "module")}
+    return registered_head(spec["name"], spec.get("module"))(in_features, num_classes, **settings)
 
 
 def _choice(table: dict, key: str | None, setting: str):
@@ -151,7 +196,7 @@ class AttentionPoolHead(Head):
     """Multi-head attention pooling (MAP): a learned query attends over the tokens, then a linear layer.
 
     The pooling is timm's `AttentionPoolLatent` (as in ViTs with `global_pool='map'`): attention, an
-    output projection and a residual MLP (`mlp_ratio`). Needs `head.features=tokens`.
+    output projection and a residual MLP (`mlp_ratio`). Needs `tap.features=tokens` (which `auto` picks).
     """
 
     name = "attention_pool"

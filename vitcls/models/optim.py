@@ -57,7 +57,7 @@ def backbone_param_groups(backbone: nn.Module, lr: float, weight_decay: float, l
         groups = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=skip)
         return [{**group, "lr": lr, "name": "backbone" + _decay_suffix(group)} for group in groups if group["params"]]
     groups = [g for g in param_groups_layer_decay(backbone, weight_decay, skip, layer_decay=layer_decay) if g["params"]]
-    # timm writes `lr_scale`, which only timm schedulers apply: fold it into the lr instead (DESIGN pitfall 3).
+    # timm writes `lr_scale`, which only timm schedulers apply: fold it into the lr instead.
     # timm's scales put the top of the backbone (last block, final norm) at 1, as if it were the classifier;
     # our head sits one layer above it, hence the extra factor.
     depth = {scale: index for index, scale in enumerate(sorted({g["lr_scale"] for g in groups}))}
@@ -76,22 +76,14 @@ def _decay_suffix(group: dict) -> str:
     return "_no_decay" if group["weight_decay"] == 0 else ""
 
 
-def scale_lr_with_batch(optim_cfg: dict, effective_batch_size: int) -> dict:
-    """The optimizer node without the `scale_lr_with_batch` / `base_batch_size` keys, and with lr and head_lr
-    multiplied by effective_batch_size / base_batch_size when `scale_lr_with_batch` is true (linear scaling rule).
-    """
-    cfg = dict(optim_cfg)
-    enabled = cfg.pop("scale_lr_with_batch", False)
-    base = cfg.pop("base_batch_size", None)
-    if not enabled:
-        return cfg
-    if not base or base <= 0:
-        raise ConfigError(f"optim.base_batch_size must be a positive number of images, got {base}")
-    factor = effective_batch_size / base
-    for key in ("lr", "head_lr"):
-        if cfg.get(key) is not None:
-            cfg[key] = cfg[key] * factor
-    return cfg
+def scale_lr_with_batch(optim_cfg: dict, effective_batch_size: int, base_batch_size: int) -> dict:
+    """The optimizer node with lr and head_lr multiplied by effective_batch_size / base_batch_size (the linear
+    scaling rule: `lr_scaling.enabled=true`)."""
+    if not base_batch_size or base_batch_size <= 0:
+        raise ConfigError(f"lr_scaling.base_batch_size must be a positive number of images, got {base_batch_size}")
+    factor = effective_batch_size / base_batch_size
+    return {key: value * factor if key in ("lr", "head_lr") and value is not None else value
+            for key, value in optim_cfg.items()}
 
 
 SCHEDULERS = {"cosine": CosineLRScheduler, "linear": PolyLRScheduler}

@@ -32,7 +32,7 @@ class LinearProbeThenFineTune(L.Callback):
                 "callbacks.lp_ft under DDP: the frozen backbone gets no gradients during the probe epochs; "
                 "set trainer.strategy=ddp_find_unused_parameters_true"
             )
-        self._trainable = {name: p.requires_grad for name, p in pl_module.backbone.named_parameters()}
+        self._trainable = {name: p.requires_grad for name, p in pl_module.net.backbone.named_parameters()}
         self._frozen_parts = list(pl_module.frozen_backbone_parts)
         if not any(self._trainable.values()):
             raise ConfigError(
@@ -41,12 +41,12 @@ class LinearProbeThenFineTune(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         probing = trainer.current_epoch < self.probe_epochs
-        for name, parameter in pl_module.backbone.named_parameters():
+        for name, parameter in pl_module.net.backbone.named_parameters():
             parameter.requires_grad_(self._trainable[name] and not probing)
-        pl_module.frozen_backbone_parts = [pl_module.backbone] if probing else list(self._frozen_parts)
+        pl_module.frozen_backbone_parts = [pl_module.net.backbone] if probing else list(self._frozen_parts)
         pl_module.train()  # re-applies eval mode to the parts that are frozen now
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name, parameter in pl_module.backbone.named_parameters():
+        for name, parameter in pl_module.net.backbone.named_parameters():
             parameter.requires_grad_(self._trainable[name])
         pl_module.frozen_backbone_parts = list(self._frozen_parts)

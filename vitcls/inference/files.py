@@ -1,18 +1,16 @@
-"""`vitcls-predict DIR inputs...`: top-k predictions for files, folders (recursive) and globs.
+"""Predicting many files: expanding folders and globs, one output row per file, metrics from class folders.
 
-Every input file gets one output row; files that cannot be read as images get an `error` instead of
-stopping the run. With `--labels-from-folders`, the class of a file is its folder (see `true_label`),
-and accuracy, F1... and the confusion matrix are written beside the output file.
+What `vitcls-predict` does. Every input file gets one output row; files that cannot be read as images get
+an `error` instead of stopping the run. With labels from folders, the class of a file is its folder (see
+`true_label`), and accuracy, F1... and the confusion matrix are written beside the output file.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import io
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -23,13 +21,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vitcls.errors import ConfigError, VitclsError
-from vitcls.metrics import classification_metrics, confusion_matrix_metric
-from vitcls.predict import BACKENDS, Predictor
-from vitcls.reports import per_class_report, save_confusion_matrix, write_json_atomic, write_text_atomic
-
-log = logging.getLogger("vitcls.predict")
-OUTPUT_FORMATS = (".csv", ".jsonl")
+from vitcls.errors import ConfigError
+from vitcls.inference.predictor import Predictor
+from vitcls.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,13 @@ def format_jsonl(rows: list[dict[str, Any]]) -> str:
 def folder_metrics(
     predictor: Predictor, files: list[InputFile], probabilities: Tensor, out_dir: Path, model_dir: str
 ) -> dict[str, Any]:
-    """eval.py's metrics (same torchmetrics collection) over the readable files that have a class folder."""
+    """eval.py's metrics (same torchmetrics collection) over the readable files that have a class folder.
+
+    torchmetrics (which imports matplotlib, and transformers where installed) and the figure are imported
+    here, not at the top: predicting without labels needs neither."""
+    from vitcls.metrics import classification_metrics, confusion_matrix_metric, per_class_report
+    from vitcls.reports import save_confusion_matrix
+
     class_index = {name: i for i, name in enumerate(predictor.class_names)}
     scored = [
         i for i, f in enumerate(files) if f.true_label is not None and not probabilities[i].isnan().any()
@@ -164,85 +164,3 @@ def check_labels(files: list[InputFile], class_names: list[str]) -> None:
             f"--labels-from-folders: folders {unknown} are not classes of the model "
             f"(its classes: {class_names}); point at a folder laid out as <class>/<images>"
         )
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vitcls-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", help="an export directory (vitcls-export)")
-    parser.add_argument(
-        "inputs", nargs="+", help="image files, folders (recursive) or globs ('**' recursive)"
-    )
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", help="predictions file, .csv or .jsonl (default: CSV on stdout)")
-    parser.add_argument(
-        "--labels-from-folders",
-        action="store_true",
-        help="inputs are laid out as <class>/*: also report accuracy, F1 and the confusion matrix",
-    )
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
-    parser.add_argument("--num-workers", type=int, help="decoding processes (default: from the CPU count)")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
-
-
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    output = Path(args.output) if args.output else None
-    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        raise ConfigError(f"--output {output}: use a .csv or .jsonl file name")
-    if args.labels_from_folders and output is None:
-        raise ConfigError(
-            "--labels-from-folders writes metrics.json beside the predictions: pass --output FILE"
-        )
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    files = expand_inputs(args.inputs)
-    if not files:
-        raise ConfigError(f"no files found in {args.inputs}")
-    predictor = Predictor.from_pretrained(
-        args.model_dir, device=args.device, backend=args.backend, num_workers=args.num_workers
-    )
-    if args.labels_from_folders:
-        check_labels(files, predictor.class_names)
-    top_k = min(args.top_k, len(predictor.class_names))
-    progress = not args.no_progress and len(files) > args.batch_size
-    rows, probabilities = predict_files(predictor, files, top_k, args.batch_size, progress)
-    if args.labels_from_folders:
-        for row, file in zip(rows, files, strict=True):
-            row["true_label"] = file.true_label
-
-    if output is None:
-        sys.stdout.write(format_csv(rows, top_k, args.labels_from_folders))
-    elif output.suffix.lower() == ".jsonl":
-        write_text_atomic(output, format_jsonl(rows))
-    else:
-        write_text_atomic(output, format_csv(rows, top_k, args.labels_from_folders))
-    errors = sum(row["error"] is not None for row in rows)
-    log.info(
-        "%d files, %d predicted, %d unreadable%s",
-        len(rows),
-        len(rows) - errors,
-        errors,
-        f"; predictions: {output}" if output else "",
-    )
-    if args.labels_from_folders:
-        report = folder_metrics(predictor, files, probabilities, output.resolve().parent, args.model_dir)
-        log.info(
-            "acc %.4f  f1_macro %.4f  on %d images; metrics: %s",
-            report["test"]["acc"],
-            report["test"]["f1_macro"],
-            report["num_samples"],
-            output.resolve().parent / "metrics.json",
-        )
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = parse_args(argv)
-    try:
-        run(args)
-    except VitclsError as error:
-        log.error("%s", error)
-        sys.exit(2)

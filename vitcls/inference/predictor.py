@@ -1,4 +1,4 @@
-"""Batched prediction from an export directory (see `vitcls.export`), on PyTorch or ONNX Runtime.
+"""Batched prediction from an export directory (`vitcls.inference.export`), on PyTorch or ONNX Runtime.
 
     predictor = Predictor.from_pretrained("export/")
     predictor("photo.jpg", top_k=3)                  # [{'label': 'kiwi', 'score': 0.93}, ...]
@@ -24,12 +24,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import to_pil_image
 
-from vitcls.data.datamodule import default_num_workers
-from vitcls.data.dataset import ImageDecodeError
+from vitcls.data.dataset import ImageDecodeError, default_num_workers
 from vitcls.data.images import BadImageError, load_rgb, to_rgb
 from vitcls.data.transforms import build_eval_transform
 from vitcls.errors import ConfigError
-from vitcls.export import ONNX_FILE, load_exported_module, onnx_session, read_config
+from vitcls.inference.export import load_exported_network, read_config
+from vitcls.inference.onnx import ONNX_FILE, onnx_session
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
 DECODE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -162,8 +162,8 @@ class Predictor:
                 )
             runner = OnnxRunner(directory / ONNX_FILE, device)
         else:
-            module, config = load_exported_module(directory)
-            runner = TorchRunner(module, device, getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            net, config = load_exported_network(directory)
+            runner = TorchRunner(net, device, getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         preprocessing = {
             k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocessing"].items()
         }
@@ -226,8 +226,3 @@ class Predictor:
         results = [self.top_k(p, top_k) for p in self.predict_proba(items, batch_size)]
         return results[0] if single else results
 
-
-if __name__ == "__main__":
-    from vitcls.predict_cli import main
-
-    main()

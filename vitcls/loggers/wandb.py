@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vitcls.data.folder import Sample
 from vitcls.data.images import load_rgb
-from vitcls.reports import write_text_atomic
+from vitcls.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ class VitclsWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, prediction_table_rows: int = 64, thumbnail_size: int = 64, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous` to wandb.init (None when unset); wandb >= 0.19 warns that the
+        # setting has no effect whatever its value.
+        self._wandb_init.pop("anonymous", None)
         self.prediction_table_rows = prediction_table_rows
         self.thumbnail_size = thumbnail_size
 

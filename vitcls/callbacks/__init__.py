@@ -1,0 +1,1 @@
+"""Lightning callbacks, one module per callback (their configs: conf/callbacks/)."""

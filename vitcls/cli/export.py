@@ -1,0 +1,43 @@
+"""`vitcls-export CKPT OUT_DIR [--onnx]`: a training checkpoint as a self-contained export directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitcls.cli.common import add_import_argument, import_modules, run_command
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vitcls-export",
+        description="Write model.safetensors, config.json and a model card (and model.onnx) for a checkpoint.",
+    )
+    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
+    parser.add_argument("out_dir", help="the export directory to write (replaced if it is an earlier export)")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx and verify it with onnxruntime")
+    parser.add_argument(
+        "--verify-images",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="images for the ONNX check (default: test images of the training data)",
+    )
+    add_import_argument(parser)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    from vitcls.inference.export import export_checkpoint
+
+    import_modules(args.imports)
+    return export_checkpoint(args.checkpoint, args.out_dir, onnx=args.onnx, verify_images=args.verify_images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(run_command("vitcls-export", lambda: run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""What every Hydra entry point (`train.py`, `eval.py`) runs its job in.
+
+`hydra_entry_point(config_name)` turns `run(cfg)` into a console script: configs from `conf/`, Lightning's
+log lines routed through Hydra's, W&B finished in every case, a failure recorded in the run directory
+(`FAILED.json`), one clear line and exit code 2 for errors the user can fix, and exit code 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from vitcls.errors import ConfigError, VitclsError
+
+log = logging.getLogger("vitcls")
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+USER_ERROR_EXIT_CODE = 2
+
+
+class _DropAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in str(record.msg)
+
+
+def route_lightning_logs_through_hydra() -> None:
+    """Lightning adds its own console handler; under Hydra that prints every line twice."""
+    import lightning  # noqa: F401  (creates the handler we remove)
+
+    logging.getLogger("lightning").handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_sweep_has_multirun() -> None:
+    """A config of the `sweep` group lists jobs for Hydra's sweeper: without -m Hydra would run one default job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sweep = HydraConfig.get().runtime.choices.get("sweep")
+    if sweep and not _in_multirun():
+        raise ConfigError(
+            f"sweep={sweep} runs a sweep of jobs: add -m (python train.py -m sweep={sweep} ...); without it "
+            "Hydra would run a single default job"
+        )
+
+
+def _user_error_message(error: Exception) -> str | None:
+    """One line for errors the user can fix (bad folder, bad setting), None for anything else."""
+    if isinstance(error, VitclsError):
+        return str(error)
+    if isinstance(error, MissingMandatoryValue):
+        key = error.full_key
+        hint = " (the image folder to train on; or try experiment=demo)" if key == "data.root" else ""
+        return f"missing setting {key}{hint}: pass {key}=VALUE on the command line"
+    return None
+
+
+def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run one job: finish its W&B run in every case and record a failure in its run directory.
+
+    A failed job of a multirun is logged and skipped when `continue_on_failure` is on (the default), so the
+    remaining jobs still run. A single run exits non-zero: code 2 with one line for errors the user can fix,
+    the traceback otherwise.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from vitcls.loggers.wandb import finish_wandb
+    from vitcls.run_dir import clear_failure, record_failure
+
+    route_lightning_logs_through_hydra()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_sweep_has_multirun()
+        result = run(cfg)
+    except SIGTERMException:
+        # Lightning stops on SIGTERM with a SystemExit of status 0; a preempted job must not look finished
+        # to the scheduler or the sweep, so exit as a process killed by SIGTERM would (the whole sweep stops).
+        finish_wandb(exit_code=SIGTERM_EXIT_CODE)
+        log.warning(
+            "stopped by SIGTERM; checkpoints/interrupted.ckpt holds the state: resume with "
+            "ckpt_path=last hydra.run.dir=%s", run_dir
+        )
+        sys.exit(SIGTERM_EXIT_CODE)
+    except Exception as error:
+        finish_wandb(exit_code=1)
+        record_failure(run_dir, error, HydraConfig.get().overrides.task)
+        message = _user_error_message(error)
+        if _in_multirun() and cfg.get("continue_on_failure", True):
+            if message is None:
+                log.exception("job failed; continuing with the next job (continue_on_failure=true)")
+            else:
+                log.error("job failed: %s; continuing with the next job", message)
+            return None
+        if message is None:
+            raise
+        log.error("%s", message)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    finish_wandb(exit_code=0)
+    clear_failure(run_dir)
+    return result
+
+
+def hydra_entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """A console script that composes `conf/<config_name>.yaml` with the command line and runs `run(cfg)`."""
+    import hydra
+
+    from vitcls.config import config_dir, register_resolvers
+
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    @functools.wraps(run)
+    def main(cfg: DictConfig) -> Any:
+        return run_job(run, cfg)
+
+    return main

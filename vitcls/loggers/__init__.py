@@ -1,0 +1,1 @@
+"""Lightning loggers with vitcls specifics, one module per logger (their configs: conf/logger/)."""

@@ -31,8 +31,9 @@ def installed(tmp_path_factory) -> Path:
     check([sys.executable, "-m", "pip", "wheel", REPO_ROOT, "--no-deps", "--no-build-isolation", "-w", work / "dist"],
           cwd=work)
     wheel = next((work / "dist").glob("vitcls-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "vitcls/conf/train.yaml" in names and "vitcls/conf/head/linear.yaml" in names
+    names = set(zipfile.ZipFile(wheel).namelist())
+    conf_files = {f"vitcls/conf/{p.relative_to(REPO_ROOT / 'conf').as_posix()}" for p in (REPO_ROOT / "conf").rglob("*.yaml")}
+    assert conf_files and conf_files <= names, sorted(conf_files - names)
     assert "vitcls/cli/train.py" in names and "vitcls/inference/predictor.py" in names
 
     venv = work / "venv"

@@ -16,6 +16,7 @@ import timm
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.data.quality import BAD_IMAGE_POLICIES
+from vitcls.data.split import stratified_subset
 from vitcls.errors import ConfigError
 from vitcls.metrics import better_is, metric_names
 from vitcls.models.heads import Head, HeadSpec, head_spec
@@ -127,6 +128,7 @@ def check_train_config(cfg: DictConfig) -> None:
     )
     _in_range(data, "data", "val_fraction", 0.0, 1.0, closed_low=False)
     _in_range(data, "data", "test_fraction", 0.0, 1.0, closed_low=False)
+    stratified_subset([], data.get("train_per_class"), data.get("train_fraction"))  # checks the two settings
     policy = data.get("on_bad_image")
     _require(policy in BAD_IMAGE_POLICIES, "data.on_bad_image", policy, f"one of {list(BAD_IMAGE_POLICIES)}")
     _positive_int(data, "data", "max_image_pixels")

@@ -29,7 +29,7 @@ from vitcls.data.feature_cache import build_feature_datamodule
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.inference.export import export_checkpoint
 from vitcls.io import write_json_atomic, write_text_atomic
-from vitcls.loggers.wandb import log_run_config, log_test_results
+from vitcls.loggers.wandb import log_run_config, log_test_results, wandb_loggers
 from vitcls.metrics import metric_names, split_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
@@ -121,15 +121,21 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, str | None]:
     return output_dir, ckpt_path
 
 
-def record_settings(cfg: DictConfig, trainer: L.Trainer, module: ClassifierModule, layout: BatchLayout) -> None:
-    """config.yaml in the run directory; batch layout, parameter counts and the flat config to the loggers."""
+def record_settings(
+    cfg: DictConfig, trainer: L.Trainer, module: ClassifierModule, datamodule: ImageFolderDataModule,
+    layout: BatchLayout,
+) -> None:
+    """config.yaml in the run directory; batch layout and parameter counts to the loggers, and to W&B the
+    flat config with the run's design."""
     if trainer.is_global_zero:
         write_text_atomic(Path(cfg.paths.output_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    params = module.parameter_counts
+    params = {"params/total": module.parameter_counts["total"], "params/trainable": module.parameter_counts["trainable"]}
     for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
-        logger.log_hyperparams(layout.as_dict())
-        logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
-    log_run_config(trainer.loggers, cfg)
+        if logger not in wandb_loggers(trainer.loggers):
+            logger.log_hyperparams(layout.as_dict())
+            logger.log_hyperparams(params)
+    computed = {"effective_batch_size": layout.effective_batch_size, "world_size": layout.world_size, **params}
+    log_run_config(trainer.loggers, cfg, computed, set(module.hparams) | set(datamodule.hparams))
 
 
 def training_batches(
@@ -244,7 +250,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     layout = batch_layout(trainer, datamodule.hparams.batch_size)
     module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
     datamodule.set_data_config(module.data_config)
-    record_settings(cfg, trainer, module, layout)
+    record_settings(cfg, trainer, module, datamodule, layout)
     outcome = fit_and_test(trainer, module, training_batches(cfg, datamodule, module, trainer), ckpt_path)
     summary = summarise(trainer, module, datamodule, layout, outcome, ckpt_path, started, run_dir)
     if trainer.is_global_zero:

@@ -31,9 +31,17 @@ def config_dir() -> Path:
     return installed if installed.is_dir() else PACKAGE_DIR.parent / "conf"
 
 
+def optuna_direction(monitor: str) -> str:
+    """`maximize` or `minimize`: the direction in which a search improves the monitored metric."""
+    return "minimize" if better_is(monitor) == "min" else "maximize"
+
+
 def register_resolvers() -> None:
-    """`${vitcls.precision:...}` (conf/trainer) and `${vitcls.better_is:...}` (conf/callbacks)."""
-    for name, resolver in (("vitcls.precision", precision_preset), ("vitcls.better_is", better_is)):
+    """`${vitcls.precision:...}` (conf/trainer), `${vitcls.better_is:...}` (conf/callbacks) and
+    `${vitcls.optuna_direction:...}` (conf/sweep)."""
+    resolvers = (("vitcls.precision", precision_preset), ("vitcls.better_is", better_is),
+                 ("vitcls.optuna_direction", optuna_direction))
+    for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

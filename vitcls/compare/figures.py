@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from vitcls.compare.outputs import metric_column
 from vitcls.compare.scoring import MetricKey, Ranking, x_sort_key
@@ -32,14 +33,10 @@ def _interval(row: dict[str, Any], key: MetricKey) -> tuple[float | None, float 
     return tuple(row[metric_column(split, metric, s)] for s in ("mean", "ci_low", "ci_high"))
 
 
-def _error_bar(ax, position: float, mean, low, high, colour: str, marker: str, horizontal: bool, label=None):
-    if mean is None:
-        return
-    error = None if low is None else [[mean - low], [high - mean]]
-    if horizontal:
-        ax.errorbar([mean], [position], xerr=error, fmt=marker, color=colour, capsize=3, label=label)
-    else:
-        ax.errorbar([position], [mean], yerr=error, fmt=marker, color=colour, capsize=3, label=label)
+def _error_bar(ax, position: float, mean, low, high, colour: str, marker: str):
+    if mean is not None:
+        error = None if low is None else [[mean - low], [high - mean]]
+        ax.errorbar([mean], [position], xerr=error, fmt=marker, color=colour, capsize=3)
 
 
 def save_design_chart(rows: Sequence[dict[str, Any]], ranking: Ranking, path: Path, selected_on_test: bool) -> Path:
@@ -51,11 +48,9 @@ def save_design_chart(rows: Sequence[dict[str, Any]], ranking: Ranking, path: Pa
     for i, row in enumerate(rows):
         best, tied = row["rank"] == 1, row["tied_with_best"]
         colour = _BEST if best else (_TIED if tied else _OTHER)
-        _error_bar(ax, i - 0.12, *_interval(row, ranking.key), colour, "o", True,
-                   label=ranking.name if i == 0 else None)
+        _error_bar(ax, i - 0.12, *_interval(row, ranking.key), colour, "o")
         if ranking.significance != ranking.key:
-            _error_bar(ax, i + 0.18, *_interval(row, ranking.significance), _TEST, "s", True,
-                       label=f"test/{ranking.metric}" if i == 0 else None)
+            _error_bar(ax, i + 0.18, *_interval(row, ranking.significance), _TEST, "s")
         mark = "  (best)" if best else ("  (tied with best)" if tied else "")
         labels.append(_label(row["design"]) + f"  n={row['n_seeds']}" + mark)
     ax.set_yticks(range(len(rows)), labels, fontsize=8, **_TEXT)
@@ -66,7 +61,10 @@ def save_design_chart(rows: Sequence[dict[str, Any]], ranking: Ranking, path: Pa
     ax.set_title(f"designs {how}; green: best, orange: not significantly different from it "
                  f"(p >= {SIGNIFICANCE:.2g} on test/{ranking.metric})",
                  fontsize=9, **_TEXT)
-    ax.legend(fontsize=8, loc="best")
+    legend = [Line2D([], [], marker="o", color=_OTHER, label=f"{ranking.name} (ranks the designs)")]
+    if ranking.significance != ranking.key:
+        legend.append(Line2D([], [], marker="s", color=_TEST, label=f"test/{ranking.metric}"))
+    ax.legend(handles=legend, fontsize=8, loc="best")
     return _save(fig, path)
 
 

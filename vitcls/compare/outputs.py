@@ -17,6 +17,12 @@ _ERROR_CHARS = 120
 STATISTICS = ("mean", "std", "ci_low", "ci_high")
 
 
+def short_error(error: str) -> str | None:
+    """The first line of an error message, cut to _ERROR_CHARS characters."""
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    return (line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 1] + "…") or None
+
+
 def _number(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -66,7 +72,7 @@ def job_rows(runs: Sequence[Run], keys: Sequence[str], ranking: Ranking) -> list
         row[ranking.name] = run.metric(*ranking.key)
         row.update({f"test/{name}": run.metric("test", name) for name in test_names})
         row.update({name: run.facts.get(name) for name in ("epochs", "wall_time_s")})
-        row["error"] = run.error[:_ERROR_CHARS] if run.error else None
+        row["error"] = short_error(run.error)
         rows.append(row)
     if not any(row["error"] for row in rows):
         for row in rows:
@@ -77,7 +83,7 @@ def job_rows(runs: Sequence[Run], keys: Sequence[str], ranking: Ranking) -> list
 def unfinished_jobs(designs: Sequence[Design], keys: Sequence[str]) -> list[dict[str, Any]]:
     return [
         {"job": run.name, "design": design.name, "status": run.status, "settings": design_name(run.settings, keys),
-         "error": run.error or None}
+         "error": short_error(run.error)}
         for design in designs
         for run in design.unfinished
     ]
@@ -89,7 +95,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) < 1e-3 and value != 0 else f"{round(value, 6)}"
+        return repr(value)
     return str(value)
 
 

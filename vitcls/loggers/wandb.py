@@ -323,17 +323,13 @@ def log_comparison(
     )
     try:
         run.log({
-            "compare/designs": wandb.Table(columns=columns, data=[[_table_cell(v) for v in row.values()] for row in rows]),
+            "compare/designs": wandb.Table(columns=columns, data=[list(row.values()) for row in rows]),
             "compare/figure": wandb.Image(str(figure)),
         })
         run.summary["compare/best"] = next((row["design"] for row in rows if row.get("rank") == 1), None)
     finally:
         run.finish()
     return Path(run.dir).parent
-
-
-def _table_cell(value: Any) -> Any:
-    return "" if value is None else value
 
 
 def _sweep_wandb_names(sweep_dir: Path) -> tuple[str, str]:

@@ -209,6 +209,8 @@ def write_outputs(
     output_dir = Path(cfg.paths.output_dir)
     skipped = summary["skipped"]
     for split in ("val", "test"):
+        if not module.predictions[split]:  # the split was not evaluated (trainer.limit_val_batches=0)
+            continue
         probabilities = torch.cat(module.predictions[split])
         # Files that went bad during the run were dropped from their batch; a trainer.limit_*_batches cut
         # scores the first images of the split (one process: the sampler keeps the split's order).

@@ -71,7 +71,9 @@ def job_rows(runs: Sequence[Run], keys: Sequence[str], ranking: Ranking) -> list
         row["status"] = run.status
         row[ranking.name] = run.metric(*ranking.key)
         row.update({f"test/{name}": run.metric("test", name) for name in test_names})
-        row.update({name: run.facts.get(name) for name in ("epochs", "wall_time_s")})
+        epochs, wall_time = run.facts.get("epochs"), run.facts.get("wall_time_s")
+        row["epochs"] = None if epochs is None else int(epochs)
+        row["wall_time_s"] = None if wall_time is None else round(wall_time, 1)
         row["error"] = short_error(run.error)
         rows.append(row)
     if not any(row["error"] for row in rows):
@@ -160,6 +162,6 @@ def job_markdown(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     header = list(rows[0])
-    body = [[f"{value:.4f}" if isinstance(value, float) and name not in ("wall_time_s",) else _cell(value)
+    body = [[f"{value:.4f}" if isinstance(value, float) and name != "wall_time_s" else _cell(value)
              for name, value in row.items()] for row in rows]
     return markdown(header, body)

@@ -15,6 +15,7 @@ from vitcls.design_keys import design_name
 
 _ERROR_CHARS = 120
 STATISTICS = ("mean", "std", "ci_low", "ci_high")
+MARKDOWN_FACTS = ("params_trainable",)  # the facts of runs.FACTS worth a column in the markdown table
 
 
 def short_error(error: str) -> str | None:
@@ -139,7 +140,7 @@ def _p_cell(p: float | None) -> str:
 def design_markdown(rows: Sequence[dict[str, Any]], ranking: Ranking, x: str | None, tuned: Sequence[str]) -> str:
     """The design table for reading: `mean ± std [95% interval]` per metric (std over seeds)."""
     metrics = ranking.reported()
-    facts = [name for name in FACTS if rows and name in rows[0] and name == "params_trainable"]
+    facts = [name for name in MARKDOWN_FACTS if rows and name in rows[0]]
     unfinished = any(row["n_unfinished"] for row in rows)
     header = ["rank", "design", *([x] if x else []), *tuned, "n_seeds",
               *(f"{split}/{metric}" for split, metric in metrics), "p_vs_best", "tied_with_best", *facts,

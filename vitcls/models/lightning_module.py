@@ -19,6 +19,7 @@ from typing import Any
 import hydra.utils
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from vitcls.checkpoints import load_checkpoint
@@ -66,8 +67,9 @@ class ClassifierModule(L.LightningModule):
         )
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
-        # Softmax rows of the test split; after the test epoch, all ranks' rows in dataset order.
-        self.test_predictions: list[Tensor] = []
+        # Softmax rows of the test split (`trainer.test`) and of the val split (`trainer.validate`, not the
+        # validations during fit); after the epoch, all ranks' rows in dataset order.
+        self.predictions: dict[str, list[Tensor]] = {"val": [], "test": []}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ClassifierModule, dict]:
@@ -133,13 +135,28 @@ class ClassifierModule(L.LightningModule):
                 self.metrics["train_split"].update(logits.detach(), targets)
         return loss
 
+    @property
+    def test_predictions(self) -> list[Tensor]:
+        return self.predictions["test"]
+
+    def _scoring_a_checkpoint(self) -> bool:
+        """`trainer.validate` after fitting: its val metrics describe the tested checkpoint. They are returned
+        (trainer.callback_metrics) but not sent to the loggers, whose val curves stay one point per epoch."""
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == TrainerFn.VALIDATING
+
+    def _keeps_predictions(self, split: str) -> bool:
+        return split == "test" or (split == "val" and self._scoring_a_checkpoint())
+
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         inputs, targets = batch
         logits = self._logits(inputs)
         self.log(f"{split}/loss", self.criterion(logits, targets), on_epoch=True, sync_dist=True,
-                 batch_size=len(targets))
+                 batch_size=len(targets), logger=not self._scoring_a_checkpoint())
         self.metrics[f"{split}_split"].update(logits, targets)
         self.confusion[f"{split}_split"].update(logits, targets)
+        if self._keeps_predictions(split):
+            self.predictions[split].append(logits.softmax(dim=-1).cpu())
         return logits
 
     def _log_epoch_metrics(self, split: str) -> None:
@@ -151,7 +168,7 @@ class ClassifierModule(L.LightningModule):
         collection = self.metrics[f"{split}_split"]
         if any(metric.update_called for metric in collection.values()):
             for name, value in collection.compute().items():
-                self.log(name, value, prog_bar=name in PROGRESS_BAR_METRICS)
+                self.log(name, value, prog_bar=name in PROGRESS_BAR_METRICS, logger=not self._scoring_a_checkpoint())
         collection.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
@@ -159,13 +176,20 @@ class ClassifierModule(L.LightningModule):
             self._evaluation_step("val", batch)
 
     def test_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
-        if batch is None:
-            return
-        logits = self._evaluation_step("test", batch)
-        self.test_predictions.append(logits.softmax(dim=-1).cpu())
+        if batch is not None:
+            self._evaluation_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        if self._keeps_predictions("val"):
+            self.predictions["val"] = []
 
     def on_test_epoch_start(self) -> None:
-        self.test_predictions = []
+        self.predictions["test"] = []
+
+    def _gather_predictions(self, split: str) -> None:
+        rows = self.predictions[split]
+        local = torch.cat(rows) if rows else torch.empty(0, len(self.class_names))
+        self.predictions[split] = [gather_in_dataset_order(self, local)]
 
     def _store_confusion(self, split: str) -> None:
         # compute() syncs the summed counts across ranks; reset by hand, it is not logged.
@@ -178,12 +202,13 @@ class ClassifierModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
         self._store_confusion("val")
+        if self._keeps_predictions("val"):
+            self._gather_predictions("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
         self._store_confusion("test")
-        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, len(self.class_names))
-        self.test_predictions = [gather_in_dataset_order(self, local)]
+        self._gather_predictions("test")
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

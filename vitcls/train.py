@@ -234,7 +234,7 @@ def write_outputs(
     log.info("run directory: %s", output_dir)
 
 
-def _quiet_expected_warnings() -> None:
+def quiet_expected_warnings() -> None:
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # Under DDP the metrics are logged after torchmetrics synced them: identical on every rank.
@@ -243,9 +243,14 @@ def _quiet_expected_warnings() -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test and report. Returns the summary (also written to `<output_dir>/summary.json`)."""
+    """Train, test and report (a head bank with `bank=...`). Returns the summary (also written to
+    `<output_dir>/summary.json`)."""
+    if cfg.get("bank") is not None:  # python train.py bank=<name>: K heads on one frozen backbone
+        from vitcls.bank.run import run as run_bank
+
+        return run_bank(cfg)
     started = time.time()
-    _quiet_expected_warnings()
+    quiet_expected_warnings()
     run_dir, ckpt_path = prepare_run(cfg)
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg)

@@ -76,6 +76,10 @@ class FeatureTap:
                 f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)"
             )
 
+    @property
+    def settings(self) -> dict:
+        return {"features": self.features, "last_k": self.last_k}
+
     def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
         if self.features == "last_k":
             intermediates = backbone.forward_intermediates(
@@ -86,8 +90,11 @@ class FeatureTap:
                 intermediates_only=True,
                 return_prefix_tokens=True,
             )
-            return torch.cat([prefix[:, 0] for _, prefix in intermediates], dim=-1)
-        tokens = backbone.forward_features(images)
+            return self.from_block_cls_tokens([prefix[:, 0] for _, prefix in intermediates])
+        return self.from_tokens(backbone, backbone.forward_features(images))
+
+    def from_tokens(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
+        """This tap of the final (normed) tokens of `forward_features`; not for `last_k`."""
         if self.features == "tokens":
             return tokens
         pooled = [
@@ -97,3 +104,30 @@ class FeatureTap:
             for pool in POOLS[self.features]
         ]
         return torch.cat(pooled, dim=-1)
+
+    def from_block_cls_tokens(self, cls_tokens: list[Tensor]) -> Tensor:
+        """`last_k` of the normed CLS tokens of the last blocks (at least `last_k` of them, oldest first)."""
+        return torch.cat(cls_tokens[len(cls_tokens) - self.last_k :], dim=-1)
+
+
+class TapSet:
+    """Several taps of one backbone from a single forward pass: `forward_features`, or, when a `last_k` tap
+    is among them, `forward_intermediates` over the deepest k needed, whose final tokens are the same
+    computation. Each tap's output equals what the tap computes alone."""
+
+    def __init__(self, taps: list[FeatureTap]):
+        self.taps = list(taps)
+        self.blocks_needed = max((tap.last_k for tap in self.taps if tap.features == "last_k"), default=0)
+
+    def __call__(self, backbone: nn.Module, images: Tensor) -> list[Tensor]:
+        if not self.blocks_needed:
+            tokens = backbone.forward_features(images)
+            return [tap.from_tokens(backbone, tokens) for tap in self.taps]
+        tokens, intermediates = backbone.forward_intermediates(
+            images, indices=self.blocks_needed, norm=True, output_fmt="NLC", return_prefix_tokens=True
+        )
+        cls_tokens = [prefix[:, 0] for _, prefix in intermediates]
+        return [
+            tap.from_block_cls_tokens(cls_tokens) if tap.features == "last_k" else tap.from_tokens(backbone, tokens)
+            for tap in self.taps
+        ]

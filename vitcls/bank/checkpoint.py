@@ -101,7 +101,8 @@ def read_bank(run_dir: Path) -> dict[str, Any]:
 
     path = Path(run_dir) / BANK_FILE
     if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a head-bank run directory (no {BANK_FILE})")
+        raise ConfigError(f"{run_dir} is not a head-bank run directory (no {BANK_FILE}); "
+                          "to export a single run, pass its checkpoint (RUN_DIR/checkpoints/*.ckpt)")
     return read_json(path)
 
 

@@ -128,9 +128,13 @@ def fit_and_score(trainer: L.Trainer, module: BankModule, batches, ckpt_path: st
         trainer.test(module, datamodule=batches, verbose=False)
 
 
+# Settings of this job that a head's lone run must not repeat: the bank itself, and where this run writes.
+_NOT_REPEATED = ("bank", "paths.output_dir", "ckpt_path", "overwrite")
+
+
 def job_overrides() -> list[str]:
-    """The command line of this job minus the bank's own settings and Hydra's bookkeeping: what every head's lone
-    run repeats."""
+    """The command line of this job minus the bank's own settings, its run directory and Hydra's bookkeeping:
+    what every head's lone run repeats."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -138,7 +142,7 @@ def job_overrides() -> list[str]:
     keep = []
     for override in HydraConfig.get().overrides.task:
         key = override_key(override)
-        if not (key == "bank" or key.startswith(("bank.", "hydra.", "hydra/"))):
+        if not (key in _NOT_REPEATED or key.startswith(("bank.", "hydra.", "hydra/"))):
             keep.append(override)
     return keep
 

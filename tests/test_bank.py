@@ -226,3 +226,66 @@ def test_a_bank_on_cached_features_equals_the_bank_on_images(bank_run, close_fol
         assert np.mean([x == y for x, y in zip(pa, pb, strict=True)]) >= 0.99
         np.testing.assert_allclose(qa, qb, atol=1e-4)
     assert cached["selected"]["name"] == images["selected"]["name"]
+
+
+def test_wandb_logs_one_run_per_bank_with_per_head_metrics_and_optionally_a_run_per_head(
+        close_folder, tmp_path, monkeypatch):
+    from wandb_records import offline_runs
+
+    from vitcls.loggers.wandb import finish_wandb
+    from vitcls.train import run
+
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    run_dir = tmp_path / "run"
+    try:
+        run(compose_config("train", [f"paths.output_dir={run_dir}", *FAST_OVERRIDES, "trainer.max_epochs=1",
+                                     "bank=default", "bank.heads=[linear,cosine]", f"data.root={close_folder}",
+                                     "logger=wandb", "logger.wandb.bank_head_runs=true"]))
+    finally:
+        finish_wandb(exit_code=0)
+    bank = bank_of(run_dir)
+    runs = offline_runs(run_dir)
+    bank_runs = [r for r in runs if "bank_run" not in r.config]
+    head_runs = [r for r in runs if "bank_run" in r.config]
+    assert len(bank_runs) == 1 and len(head_runs) == bank["num_heads"] == 2
+    (main,) = bank_runs
+    for head in bank["heads"]:
+        assert f"head/{head['name']}/val/f1_macro" in main.metric_keys
+        assert f"head/{head['name']}/test/acc" in main.metric_keys
+    table = main.table("bank/heads")
+    selected_column = table["columns"].index("selected")
+    assert sum(bool(row[selected_column]) for row in table["data"]) == 1
+    groups = {r.run.get("run_group") for r in runs}
+    assert len(groups) == 1 and groups != {None}  # the heads' runs beside the bank's run, in its group
+    assert sorted(r.run["display_name"] for r in head_runs) == sorted(h["name"] for h in bank["heads"])
+    assert all({"val/f1_macro", "test/acc"} <= r.metric_keys for r in head_runs)
+
+
+@pytest.mark.slow
+def test_a_bank_under_ddp_counts_every_image_once_per_head(image_folder_factory, tmp_path):
+    # 9 val and 9 test images: a padding DistributedSampler on 2 ranks would count one image twice per head.
+    root = image_folder_factory({"a": 4, "b": 2, "c": 3}, splits=("train", "val", "test"), seed=3)
+    run_dir = tmp_path / "run"
+    ddp = [o for o in FAST_OVERRIDES if not o.startswith("trainer=")] + [
+        "trainer=ddp_cpu", "data.batch_size=2", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0"]
+    run_cli("train.py", "bank=default", "bank.heads=[linear,cosine,mlp]", f"data.root={root}",
+            f"hydra.run.dir={run_dir}", *ddp, env={"VITCLS_LOG_DIR": str(tmp_path / "stray")})
+    summary, bank = json.loads((run_dir / "summary.json").read_text()), bank_of(run_dir)
+    assert summary["world_size"] == 2 and bank["num_heads"] == 3
+    for head in bank["heads"]:
+        for split in ("val", "test"):
+            with open(run_dir / head["files"][f"{split}_predictions"]) as handle:
+                rows = list(csv.DictReader(handle))
+            assert len(rows) == len({r["path"] for r in rows}) == summary["num_samples"][split] == 9
+            # the synced metric equals the one computed here from every image once
+            assert head[split]["acc"] == pytest.approx(np.mean([r["true_label"] == r["pred_label"] for r in rows]))
+        with open(run_dir / head["files"]["test_confusion_matrix"]) as handle:
+            counts = [list(map(int, row[1:])) for row in list(csv.reader(handle))[1:]]
+        assert np.asarray(counts).sum() == 9
+    assert not (tmp_path / "stray").exists()

@@ -27,7 +27,7 @@ from vitcls.models.heads import HEADS, Head, HeadSpec, head_spec
 
 LISTS = ("heads", "features", "lrs", "weight_decays")
 # The settings a bank design sets, in the order its name lists them.
-DESIGN_KEYS = ("head", "tap.features", "optim.head_lr", "optim.weight_decay")
+BANK_SETTINGS = ("head", "tap.features", "optim.head_lr", "optim.weight_decay")
 _NOT_SETTINGS = ("_target_", "_partial_", "name", "module")
 
 
@@ -156,7 +156,7 @@ def _varied(settings: list[dict[str, str]]) -> list[str]:
     varied = [key for key in keys if len({design.get(key) for design in settings}) > 1]
     children = [key for key in varied if key.startswith("head.")]
     head = ["head"] if "head" in varied or children else []
-    return [*head, *children, *(key for key in DESIGN_KEYS[1:] if key in varied)] or ["head"]
+    return [*head, *children, *(key for key in BANK_SETTINGS[1:] if key in varied)] or ["head"]
 
 
 def _settings_of(overrides: list[str]) -> dict[str, str]:

@@ -120,12 +120,16 @@ def bank_batches(cfg: DictConfig, datamodule: ImageFolderDataModule, module: Ban
     return build_bank_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
 
 
-def fit_and_score(trainer: L.Trainer, module: BankModule, batches, ckpt_path: str | None) -> None:
+def fit_and_score(trainer: L.Trainer, module: BankModule, batches, ckpt_path: str | None) -> float:
+    """Fit, then score every head at its best epoch on val and test. Returns the seconds `fit` took."""
     with ddp_scoped_to_this_hydra_job(trainer):
+        started = time.perf_counter()
         trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+        fit_s = time.perf_counter() - started
         module.use_best_heads()
         trainer.validate(module, datamodule=batches, verbose=False)
         trainer.test(module, datamodule=batches, verbose=False)
+    return fit_s
 
 
 # Settings of this job that a head's lone run must not repeat: the bank itself, and where this run writes.
@@ -251,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.set_data_config(module.data_config)
     record_settings(cfg, trainer, module, datamodule, layout)
     batches = bank_batches(cfg, datamodule, module, trainer)
-    fit_and_score(trainer, module, batches, ckpt_path)
+    fit_s = fit_and_score(trainer, module, batches, ckpt_path)
 
     heads = head_records(cfg, plan, module)
     selected = select_head(heads, cfg.monitor, module.maximize)
@@ -282,6 +286,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "num_samples": summary["num_samples"],
         "epochs_trained": trainer.current_epoch,
         "global_steps": trainer.global_step,
+        # training (with its validation epochs), after the features were ready: images/s of all heads at once
+        "fit_s": round(fit_s, 3),
+        "train_images_per_s": round(summary["num_samples"]["train"] * trainer.current_epoch / fit_s, 1),
         "heads": heads,
     }
     if trainer.is_global_zero:

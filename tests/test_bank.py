@@ -289,3 +289,19 @@ def test_a_bank_under_ddp_counts_every_image_once_per_head(image_folder_factory,
             counts = [list(map(int, row[1:])) for row in list(csv.reader(handle))[1:]]
         assert np.asarray(counts).sum() == 9
     assert not (tmp_path / "stray").exists()
+
+
+def test_compare_reads_a_multirun_of_banks_as_each_head_over_seeds(bank_run, tmp_path):
+    import shutil
+
+    sweep = tmp_path / "multirun"
+    for job, seed in enumerate((1, 2)):  # the same bank as a sweep over seed=1,2 writes it
+        shutil.copytree(bank_run, sweep / str(job))
+        overrides = sweep / str(job) / ".hydra" / "overrides.yaml"
+        overrides.parent.mkdir(exist_ok=True)
+        overrides.write_text(f"- bank=default\n- seed={seed}\n")
+    result = run_cli("vitcls/cli/compare.py", str(sweep), "--bootstrap", "50")
+    with open(sweep / "compare.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    bank = bank_of(bank_run)
+    assert len(rows) == bank["num_heads"] and all(row["n_seeds"] == "2" for row in rows), result.stdout

@@ -64,3 +64,13 @@ def test_head_sweep_bench(fruits_root, tmp_path):
     assert values["cached_s"] > 0 and values["uncached_s"] > 0
     assert values["max_test_metric_difference"] < 1e-4
     assert len(values["test_acc"]["cached"]) == 2
+
+
+def test_head_bank_bench(fruits_root, tmp_path):
+    from bench import head_bank
+
+    head_bank.main(["--tiny", "--data-root", str(fruits_root), "--out", str(tmp_path)])
+    values = results(tmp_path, "head_bank")
+    assert values["single_s"] > 0 and values["bank_s"] > 0 and values["multirun_cached_s"] > 0
+    assert values["designs"] == 8 and values["bank_train_images_per_s"] > 0
+    assert values["max_test_acc_difference_bank_vs_multirun"] <= 0.01

@@ -3,6 +3,8 @@
 Reads every job directory (one with `summary.json`, `FAILED.json` or Hydra's `.hydra/overrides.yaml`)
 under SWEEP_DIR, finds the settings that differ between jobs, sorts the jobs by a metric, prints a
 markdown table and writes `compare.md`, `compare.csv` and `compare.png` (the metric per job, best marked).
+Beside the test metrics: the best validation score (the run's `monitor`) and what training cost, trainable
+parameters, training images/s and peak memory (summary.json `params` and `train`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vitcls.reports import save_comparison_chart
 from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, SUMMARY_FILE
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+COST_COLUMNS = ("trainable_params", "images_per_s", "peak_mem_mb")
 _ERROR_CHARS = 120
 
 
@@ -35,6 +38,9 @@ class Job:
     epochs: int | None = None
     wall_time_s: float | None = None
     error: str = ""
+    val_score: float | None = None
+    monitor: str | None = None
+    cost: dict[str, float | None] = field(default_factory=dict)
 
 
 def _flatten(node: object, prefix: str = "") -> dict[str, str]:
@@ -74,6 +80,14 @@ def load_job(directory: Path, sweep_dir: Path) -> Job:
         job.metrics = {k: float(v) for k, v in summary.get("test", {}).items() if v is not None}
         job.epochs = summary.get("epochs_trained")
         job.wall_time_s = summary.get("wall_time_s")
+        job.val_score = summary.get("best_val_score")
+        job.monitor = summary.get("monitor")
+        train = summary.get("train") or {}
+        job.cost = {
+            "trainable_params": summary.get("params", {}).get("trainable"),
+            "images_per_s": train.get("images_per_s"),
+            "peak_mem_mb": train.get("peak_mem_mb"),
+        }
     return job
 
 
@@ -105,7 +119,10 @@ def table_rows(jobs: Sequence[Job], keys: Sequence[str], metric: str) -> list[li
     # summary.json order: acc, f1_macro, ..., loss
     names = dict.fromkeys(name for job in jobs for name in job.metrics)
     metric_columns = [metric, *(name for name in names if name != metric)]
-    header = ["rank", "job", *keys, "status", *metric_columns, "epochs", "wall_time_s"]
+    monitors = {job.monitor for job in jobs if job.val_score is not None}
+    val_column = [f"best {monitors.pop()}" if len(monitors) == 1 else "best val"] if monitors else []
+    cost_columns = [name for name in COST_COLUMNS if any(job.cost.get(name) is not None for job in jobs)]
+    header = ["rank", "job", *keys, "status", *metric_columns, *val_column, *cost_columns, "epochs", "wall_time_s"]
     with_errors = any(job.error for job in jobs)
     if with_errors:
         header.append("error")
@@ -117,6 +134,8 @@ def table_rows(jobs: Sequence[Job], keys: Sequence[str], metric: str) -> list[li
             *(job.settings.get(k, "") for k in keys),
             job.status,
             *(f"{job.metrics[m]:.4f}" if m in job.metrics else "" for m in metric_columns),
+            *(["" if job.val_score is None else f"{job.val_score:.4f}"] if val_column else []),
+            *(_cost(job.cost.get(name)) for name in cost_columns),
             "" if job.epochs is None else str(job.epochs),
             "" if job.wall_time_s is None else f"{job.wall_time_s:.1f}",
         ]
@@ -124,6 +143,12 @@ def table_rows(jobs: Sequence[Job], keys: Sequence[str], metric: str) -> list[li
             row.append(job.error[:_ERROR_CHARS])
         rows.append(row)
     return rows
+
+
+def _cost(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:.1f}"
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> str:

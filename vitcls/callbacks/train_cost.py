@@ -33,6 +33,18 @@ def _bytes(tensors) -> int:
     return sum(nbytes for _, nbytes in {_storage_key(t) for t in tensors if isinstance(t, Tensor)})
 
 
+def counted_step_memory(module: torch.nn.Module, optimizers, activation_bytes: int | None) -> dict[str, int | None]:
+    """Bytes a training step holds: parameters, gradients of the trainable ones, optimizer state, activations."""
+    parameters = list(module.parameters())
+    optimizer_state = [value for optimizer in optimizers for state in optimizer.state.values() for value in state.values()]
+    return {
+        "parameters": _bytes(parameters),
+        "gradients": _bytes([p for p in parameters if p.requires_grad]),
+        "optimizer_state": _bytes(optimizer_state),
+        "activations": activation_bytes,
+    }
+
+
 class SavedActivations:
     """Bytes of the tensors autograd saves for backward while active (parameters excluded)."""
 
@@ -114,16 +126,7 @@ class TrainCost(L.Callback):
             torch.tensor(float(self._timed_images), device=pl_module.device), reduce_op="sum"
         )
         slowest = -trainer.strategy.reduce(torch.tensor(-self._timed_s, device=pl_module.device), reduce_op="min")
-        parameters = list(pl_module.parameters())
-        optimizer_state = [
-            value for optimizer in trainer.optimizers for state in optimizer.state.values() for value in state.values()
-        ]
-        counted = {
-            "parameters": _bytes(parameters),
-            "gradients": _bytes([p for p in parameters if p.requires_grad]),
-            "optimizer_state": _bytes(optimizer_state),
-            "activations": self._activation_bytes,
-        }
+        counted = counted_step_memory(pl_module, trainer.optimizers, self._activation_bytes)
         step_mem = None if counted["activations"] is None else sum(counted.values()) / MIB
         cuda = self._cuda(pl_module)
         self.summary = {

@@ -285,10 +285,12 @@ def _checked(*overrides, tmp_path):
         (["adapter=lora", "adapter.targets=[]"], r"adapter.targets=\[\] is not allowed"),
         (["adapter=vpt", "model=timm_vit", "model.name=resnet18", "model.img_size=null"],
          r"adapter=vpt needs a timm VisionTransformer backbone .* builds a ResNet"),
+        (["adapter=vpt", "model=timm_vit", "model.name=resnet18"], r"model.name='resnet18' does not take .*img_size"),
         (["adapter=vpt", "adapter.num_prompts=0"], r"adapter.num_prompts=0 is not allowed"),
         (["adapter=vpt", "feature_cache.enabled=true"], r"feature_cache.enabled=true with adapter=vpt"),
     ],
-    ids=["rank0", "alpha", "dropout", "unknown_target", "no_targets", "vpt_resnet", "no_prompts", "cache"],
+    ids=["rank0", "alpha", "dropout", "unknown_target", "no_targets", "vpt_resnet", "resnet_img_size", "no_prompts",
+         "cache"],
 )
 def test_bad_adapter_settings_are_clear_errors_before_any_work(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

@@ -172,7 +172,10 @@ def check_adapter(cfg: DictConfig) -> None:
     if kwargs.get("img_size") is None:
         kwargs.pop("img_size", None)
     with torch.device("meta"):
-        backbone = timm.create_model(model["name"], pretrained=False, num_classes=0, **kwargs)
+        try:
+            backbone = timm.create_model(model["name"], pretrained=False, num_classes=0, **kwargs)
+        except TypeError as error:  # e.g. model.img_size for a convolutional network
+            raise ConfigError(f"model.name={model['name']!r} does not take these model settings {kwargs}: {error}") from error
         attach_adapter(backbone, spec)
 
 

@@ -117,8 +117,8 @@ class ImageClassifier(nn.Module):
         self._run_tap = torch.compile(self.tap)
 
     def features(self, images: Tensor) -> Tensor:
-        """What the head consumes. A fully frozen backbone runs without autograd; with some blocks frozen,
-        autograd records nothing before the first trainable parameter anyway."""
+        """What the head consumes. A fully frozen backbone without a trainable adapter runs without autograd;
+        with some blocks frozen, autograd records nothing before the first trainable parameter anyway."""
         backbone_trains = any(p.requires_grad for _, p in self.feature_parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
             return self._run_tap(self.backbone, images, self.prompts)

@@ -64,3 +64,14 @@ def test_head_sweep_bench(fruits_root, tmp_path):
     assert values["cached_s"] > 0 and values["uncached_s"] > 0
     assert values["max_test_metric_difference"] < 1e-4
     assert len(values["test_acc"]["cached"]) == 2
+
+
+def test_adaptation_cost_bench(tmp_path):
+    from bench import adaptation_cost
+
+    adaptation_cost.main(["--tiny", "--out", str(tmp_path)])
+    values = results(tmp_path, "adaptation_cost")
+    rungs = values["rungs"]
+    assert len(rungs) == 8 and all(r["images_per_s"] > 0 for r in rungs.values())
+    assert rungs["lora"]["trainable_params"] == 73_728 + 192 * 10 + 10
+    assert rungs["linear_probe"]["step_mem_mb"] < rungs["full_finetune"]["step_mem_mb"]

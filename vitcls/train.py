@@ -22,6 +22,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.callbacks.train_cost import TrainCost
 from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config import check_train_config, instantiate_dict_group, net_config, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
@@ -183,6 +184,7 @@ def summarise(
         "val": split_metrics(outcome.val_results, "val"),
         "test": split_metrics(outcome.test_results, "test"),
         "params": module.parameter_counts,
+        "train": next((c.summary for c in trainer.callbacks if isinstance(c, TrainCost)), {}),
         "num_samples": {
             split: len([s for s in samples if s.path not in skipped]) for split, samples in datamodule.splits.items()
         },

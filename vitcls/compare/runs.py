@@ -28,6 +28,8 @@ FACTS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "params_trainable": lambda summary: (summary.get("params") or {}).get("trainable"),
     "epochs": lambda summary: summary.get("epochs_trained"),
     "wall_time_s": lambda summary: summary.get("wall_time_s"),
+    "images_per_s": lambda summary: (summary.get("train") or {}).get("images_per_s"),
+    "peak_mem_mb": lambda summary: (summary.get("train") or {}).get("peak_mem_mb"),
 }
 
 

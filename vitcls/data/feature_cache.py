@@ -50,7 +50,7 @@ def check_cacheable(module: torch.nn.Module, train_augment: Any, mixup: Any = No
     """Cached features stand in for the backbone only if it never changes and sees fixed inputs."""
     if mixup:
         raise ConfigError("feature_cache.enabled=true cannot mix images (data.mixup): set data.mixup=null")
-    trainable = any(p.requires_grad for p in module.net.backbone.parameters())
+    trainable = any(p.requires_grad for _, p in module.net.feature_parameters())  # backbone and adapter
     if trainable or train_augment:
         raise ConfigError(
             "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none) and no training-time "

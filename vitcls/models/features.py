@@ -4,7 +4,8 @@ Every tap reads timm's own forward (`forward_features`, or `forward_intermediate
 backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
 Prefix tokens (CLS and register tokens, `num_prefix_tokens`) are not patches: `mean` averages the
 patch tokens only. Pooled taps then pass the model's `fc_norm` (an identity unless the model norms after
-pooling, as timm's `forward_head` does).
+pooling, as timm's `forward_head` does). With visual prompts (`adapter=vpt`), the tokens come from the prompted
+forward of `vitcls.models.prompts`, which drops the prompts from its outputs: no tap ever includes a prompt.
 
   cls       CLS token                                   (B, D)
   mean      mean of the patch tokens                    (B, D)
@@ -22,6 +23,7 @@ from timm.layers import global_pool_nlc
 from torch import Tensor, nn
 
 from vitcls.errors import ConfigError
+from vitcls.models.prompts import VisualPrompts
 
 # The pooled taps, as timm's `global_pool_nlc` pool types.
 POOLS = {"cls": ("token",), "mean": ("avg",), "cls+mean": ("token", "avg")}
@@ -76,18 +78,10 @@ class FeatureTap:
                 f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)"
             )
 
-    def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
+    def __call__(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None = None) -> Tensor:
         if self.features == "last_k":
-            intermediates = backbone.forward_intermediates(
-                images,
-                indices=self.last_k,
-                norm=True,
-                output_fmt="NLC",
-                intermediates_only=True,
-                return_prefix_tokens=True,
-            )
-            return torch.cat([prefix[:, 0] for _, prefix in intermediates], dim=-1)
-        tokens = backbone.forward_features(images)
+            return torch.cat([tokens[:, 0] for tokens in self._last_blocks(backbone, images, prompts)], dim=-1)
+        tokens = backbone.forward_features(images) if prompts is None else prompts(backbone, images)[0]
         if self.features == "tokens":
             return tokens
         pooled = [
@@ -97,3 +91,18 @@ class FeatureTap:
             for pool in POOLS[self.features]
         ]
         return torch.cat(pooled, dim=-1)
+
+    def _last_blocks(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None) -> list[Tensor]:
+        """The tokens after each of the last k blocks, through the final norm (prefix tokens first)."""
+        if prompts is not None:
+            depth = len(backbone.blocks)
+            return prompts(backbone, images, take=range(depth - self.last_k, depth))[1]
+        intermediates = backbone.forward_intermediates(
+            images,
+            indices=self.last_k,
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        return [prefix for _, prefix in intermediates]

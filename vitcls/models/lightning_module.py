@@ -2,10 +2,11 @@
 
 `ClassifierModule` holds an `ImageClassifier` (vitcls.models.classifier) as `net`. Its arguments are plain
 data, saved in every checkpoint, so a checkpoint alone rebuilds both:
-  net:          an ImageClassifier config (backbone, tap, head, class_names)
-  train_blocks, bitfit: how much of the backbone trains (vitcls.models.trainable)
+  net:          an ImageClassifier config (backbone, tap, head, class_names, adapter)
+  train_blocks, bitfit: how much of the backbone trains (vitcls.models.trainable); an adapter's parameters
+                always train
   compile:      torch.compile the feature tap
-  optimizer:    a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head)
+  optimizer:    a Hydra node for `vitcls.models.optim.create_optimizer` (called with backbone, head, prompts)
   scheduler:    a Hydra node for `vitcls.models.optim.create_scheduler` (called with optimizer,
                 total_steps), or None for a constant lr
   loss:         a Hydra node with `_target_` (default: cross-entropy)
@@ -53,7 +54,9 @@ class ClassifierModule(L.LightningModule):
         self.hparams.net = self.net.config  # with the feature tap resolved (`auto` -> cls or tokens)
         self.hparams.optimizer = optimizer or {"_target_": "vitcls.models.optim.create_optimizer", "_partial_": True}
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
-        self.frozen_backbone_parts = apply_trainability(self.net.backbone, train_blocks, bitfit)
+        self.frozen_backbone_parts = apply_trainability(
+            self.net.backbone, train_blocks, bitfit, self.net.adapter_parameters()
+        )
         if compile:
             self.net.compile_feature_tap()
         self.inputs = "images"
@@ -105,7 +108,7 @@ class ClassifierModule(L.LightningModule):
 
     @property
     def parameter_counts(self) -> dict[str, int]:
-        """{"total", "trainable"} over backbone and head."""
+        """{"total", "trainable"} over backbone, adapter and head."""
         return count_parameters(self.net)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -212,7 +215,8 @@ class ClassifierModule(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer, _partial_=True)(self.net.backbone, self.net.head)
+        create = hydra.utils.instantiate(self.hparams.optimizer, _partial_=True)
+        optimizer = create(self.net.backbone, self.net.head, prompts=self.net.prompts)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -11,13 +11,13 @@ from PIL import Image
 from vitcls.cli.compare import main
 
 
-def make_job(sweep, name, overrides, test=None, failure=None):
+def make_job(sweep, name, overrides, test=None, failure=None, best_ckpt="checkpoints/epoch_002.ckpt"):
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if test is not None:
         (job / "summary.json").write_text(
-            json.dumps({"test": test, "epochs_trained": 3, "wall_time_s": 12.5})
+            json.dumps({"test": test, "epochs_trained": 3, "wall_time_s": 12.5, "best_ckpt": best_ckpt})
         )
     if failure is not None:
         (job / "FAILED.json").write_text(json.dumps(failure))
@@ -74,6 +74,24 @@ def test_jobs_are_ranked_by_the_metric_with_failed_and_unfinished_ones_last(swee
         assert chart.width > 300 and chart.height > 200
 
 
+def test_a_finished_job_is_never_failed_and_one_without_a_best_checkpoint_is_flagged_not_ranked(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = ["data.root=/photos"]
+    make_job(sweep, "0", [*common, "head=linear"], {"f1_macro": 0.70})
+    # finished, then refused by a re-run that wrote FAILED.json beside its summary (older vitcls did)
+    make_job(sweep, "1", [*common, "head=mlp"], {"f1_macro": 0.60},
+             failure={"error_type": "ConfigError", "message": "already holds a run"})
+    # tested on its last weights: its validation never ran, whatever its test score
+    make_job(sweep, "2", [*common, "head=cosine"], {"f1_macro": 0.99}, best_ckpt=None)
+    main([str(sweep)])
+    rows = read_rows(sweep / "compare.csv")
+    assert [(r["rank"], r["job"], r["status"], r["f1_macro"]) for r in rows] == [
+        ("1", "0", "ok", "0.7000"),
+        ("2", "1", "ok", "0.6000"),
+        ("", "2", "no best checkpoint", "0.9900"),
+    ]
+
+
 def test_loss_is_minimised_and_other_metrics_can_be_chosen(sweep, tmp_path):
     out = tmp_path / "report"
     main([str(sweep), "--metric", "test/loss", "--out", str(out)])
@@ -92,7 +110,7 @@ def test_run_directories_without_hydra_overrides_compare_by_their_config(tmp_pat
         (sweep / name / "config.yaml").write_text(
             f"optim:\n  lr: {lr}\n  betas: [0.9, 0.999]\npaths:\n  output_dir: {sweep / name}\n"
         )
-        (sweep / name / "summary.json").write_text(json.dumps({"test": {"f1_macro": f1}}))
+        (sweep / name / "summary.json").write_text(json.dumps({"test": {"f1_macro": f1}, "best_ckpt": "x.ckpt"}))
     main([str(sweep)])
     rows = read_rows(sweep / "compare.csv")
     assert [(r["job"], r["optim.lr"]) for r in rows] == [("b", "0.0001"), ("a", "0.001")]

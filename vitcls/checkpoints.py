@@ -87,3 +87,14 @@ def validate_resume_checkpoint(ckpt_path: str | None) -> None:
     values such as "last" are resolved by Lightning, which is called with weights_only=True too)."""
     if ckpt_path and (Path(ckpt_path).suffix == ".ckpt" or Path(ckpt_path).expanduser().exists()):
         load_checkpoint(ckpt_path, map_location="meta")
+
+
+def saved_during_validation(path: str | Path) -> bool:
+    """Whether a training checkpoint was taken part-way through a validation inside `fit` (a SLURM requeue
+    signal can come at any time): Lightning would resume it past the rest of that validation."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: load_checkpoint says why when it is used
+        return False
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+    return bool(progress) and progress["current"]["ready"] > 0 and not progress["is_last_batch"]

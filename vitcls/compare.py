@@ -20,17 +20,18 @@ from vitcls.errors import ConfigError
 from vitcls.io import write_text_atomic
 from vitcls.metrics import better_is
 from vitcls.reports import save_comparison_chart
-from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, SUMMARY_FILE
+from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, OVERRIDES_FILE, SUMMARY_FILE
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 _ERROR_CHARS = 120
+# A finished job tested without a best checkpoint (its validation never ran): its metrics are shown, never ranked.
+NO_BEST_CHECKPOINT = "no best checkpoint"
 
 
 @dataclass
 class Job:
     name: str  # the job directory, relative to the sweep directory
     settings: dict[str, str]
-    status: str  # "ok", "failed" or "incomplete" (still running, or killed)
+    status: str  # "ok", NO_BEST_CHECKPOINT, "failed" or "incomplete" (still running, or killed)
     metrics: dict[str, float] = field(default_factory=dict)
     epochs: int | None = None
     wall_time_s: float | None = None
@@ -64,16 +65,16 @@ def load_job(directory: Path, sweep_dir: Path) -> Job:
     name = str(directory.relative_to(sweep_dir)) if directory != sweep_dir else directory.name
     job = Job(name=name, settings=_settings(directory), status="incomplete")
     summary_file, failure_file = directory / SUMMARY_FILE, directory / FAILURE_FILE
-    if failure_file.is_file():
-        failure = json.loads(failure_file.read_text())
-        job.status = "failed"
-        job.error = f"{failure.get('error_type', 'error')}: {failure.get('message', '')}".strip()
-    elif summary_file.is_file():
+    if summary_file.is_file():  # finished: a FAILED.json beside it is from an earlier attempt
         summary = json.loads(summary_file.read_text())
-        job.status = "ok"
+        job.status = "ok" if summary.get("best_ckpt") else NO_BEST_CHECKPOINT
         job.metrics = {k: float(v) for k, v in summary.get("test", {}).items() if v is not None}
         job.epochs = summary.get("epochs_trained")
         job.wall_time_s = summary.get("wall_time_s")
+    elif failure_file.is_file():
+        failure = json.loads(failure_file.read_text())
+        job.status = "failed"
+        job.error = f"{failure.get('error_type', 'error')}: {failure.get('message', '')}".strip()
     return job
 
 
@@ -95,7 +96,8 @@ def varied_keys(jobs: Sequence[Job]) -> list[str]:
 
 
 def rank_jobs(jobs: Sequence[Job], metric: str, minimize: bool) -> list[Job]:
-    """Finished jobs best first (those without the metric after them), then failed and incomplete ones."""
+    """Finished jobs best first (those without the metric after them), then the others: jobs without a best
+    checkpoint, failed and incomplete ones."""
     scored = [job for job in jobs if job.status == "ok" and metric in job.metrics]
     scored.sort(key=lambda job: job.metrics[metric], reverse=not minimize)
     return scored + [job for job in jobs if job not in scored]

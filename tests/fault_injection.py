@@ -43,17 +43,23 @@ class FailOnRankZero(Callback):
 class SignalAt(Callback):
     """Sends `signal_name` (SIGTERM, SIGINT, SIGKILL) to this process at the end of training step `step` (the
     global step, counted over the whole run), or with `in_validation`, at the end of the first validation
-    batch after that step. Once: `marker` records that it was sent, so that the resumed run, composed with
-    the same settings, goes on."""
+    batch after that step; with `job`, only in that job of a Hydra multirun. Once: `marker` records that it
+    was sent, so that the resumed run, composed with the same settings, goes on."""
 
-    def __init__(self, signal_name: str, step: int, marker: str, in_validation: bool = False):
+    def __init__(self, signal_name: str, step: int, marker: str, in_validation: bool = False, job: int | None = None):
         self.signal_name = signal_name
         self.step = step
         self.marker = Path(marker)
         self.in_validation = in_validation
+        self.job = job
+
+    def _this_job(self) -> bool:
+        from hydra.core.hydra_config import HydraConfig
+
+        return self.job is None or HydraConfig.get().job.num == self.job
 
     def _send(self, trainer, where: str) -> None:
-        if trainer.global_step >= self.step and not self.marker.exists():
+        if trainer.global_step >= self.step and not self.marker.exists() and self._this_job():
             self.marker.write_text(f"{self.signal_name} at step {trainer.global_step}, {where}\n")
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 

@@ -264,6 +264,8 @@ def skipped_run(run_dir: Path, plan: RunPlan) -> dict[str, Any]:
 def _quiet_expected_warnings() -> None:
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # A resumed run writes its checkpoints beside the ones it resumes from (a new run has them moved aside).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Under DDP the metrics are logged after torchmetrics synced them: identical on every rank.
     names = "|".join(metric_names())
     warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({names})'")

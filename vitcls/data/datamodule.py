@@ -10,14 +10,13 @@ from typing import Any, Protocol
 
 import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad, default_num_workers
 from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from vitcls.data.loaders import EpochSampler, EvaluationDataLoader, ResumableDataLoader
+from vitcls.data.loaders import EpochSampler, EvaluationDataLoader, EvaluationSampler, ResumableDataLoader
 from vitcls.data.quality import (
     CheckMemo,
     apply_bad_image_policy,
@@ -236,12 +235,11 @@ class ImageFolderDataModule(L.LightningDataModule):
                             seed=self.hparams.shuffle_seed, seeded=bool(self.hparams.train_augment))
 
     def _eval_sampler(self, split: str) -> Sampler | None:
-        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks, rank r
-        # taking dataset indices r, r + world_size, ... (see vitcls.distributed.gather_in_dataset_order).
+        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks.
         world_size, rank = self._replicas()
         if world_size == 1:
             return None
-        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world_size, rank=rank, shuffle=False)
+        return EvaluationSampler(self.datasets[split], num_replicas=world_size, rank=rank)
 
     def _loader(
         self, split: str, batch_size: int, sampler: Sampler | None, loader_class: type[DataLoader] = DataLoader,

@@ -145,6 +145,19 @@ class _StartedOnFirstBatch(Iterator[Any]):
         return next(self._iterator)
 
 
+class EvaluationSampler(DistributedSampler):
+    """Rank r takes dataset indices r, r + world_size, ...: every image exactly once across ranks, no padding
+    (see vitcls.distributed.gather_in_dataset_order). A rank can hold one image less than another, or none."""
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+
 class EvaluationDataLoader(DataLoader):
     """A validation/test loader that yields at least one batch: None when this rank holds no sample."""
 

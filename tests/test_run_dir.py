@@ -112,6 +112,8 @@ def test_the_refusal_names_the_setting_of_a_run_or_of_a_sweep(tmp_path):
         check_run_dir(used, resuming=False, overwrite=False, in_multirun=True)
     assert "hydra.run.dir" not in str(refused.value)
     assert resume_hint(used, tmp_path).endswith(f"hydra.sweep.dir={tmp_path} resume=true")
+    assert resume_hint(used).endswith(f"hydra.run.dir={used} ckpt_path=last")
+    assert resume_hint(tmp_path / "stopped_early").startswith("no checkpoint yet")
 
 
 def test_starting_again_sets_the_earlier_attempt_aside(tmp_path):

@@ -187,6 +187,9 @@ def resume_hint(run_dir: Path, sweep_dir: Path | None = None) -> str:
     if sweep_dir is not None:
         return (f"go on with the sweep: python train.py -m <the same overrides> hydra.sweep.dir={sweep_dir} "
                 "resume=true")
+    if newest_resume_checkpoint(run_dir) is None:
+        return f"no checkpoint yet; start again with: python train.py <the same overrides> hydra.run.dir={run_dir} " \
+               "resume=true"
     return f"resume with: python train.py <the same overrides> hydra.run.dir={run_dir} ckpt_path=last"
 
 

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class InterruptedCheckpoint(Checkpoint):
-    """Lightning's OnExceptionCheckpoint, with two differences.
+    """Lightning's OnExceptionCheckpoint, with three differences.
 
     - Not a subclass of it: with one of those in the trainer, Lightning turns `fit(ckpt_path=None)` into
       `ckpt_path="last"`, so a fresh run in a directory that holds a last.ckpt (overwrite=true) would

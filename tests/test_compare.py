@@ -81,14 +81,15 @@ def test_a_finished_job_is_never_failed_and_one_without_a_best_checkpoint_is_fla
     # finished, then refused by a re-run that wrote FAILED.json beside its summary (older vitcls did)
     make_job(sweep, "1", [*common, "head=mlp"], {"f1_macro": 0.60},
              failure={"error_type": "ConfigError", "message": "already holds a run"})
-    # tested on its last weights: its validation never ran, whatever its test score
-    make_job(sweep, "2", [*common, "head=cosine"], {"f1_macro": 0.99}, best_ckpt=None)
+    # tested on its last weights: its validation never ran, whatever its test score. (Named as a resumed sweep
+    # names a job that never ran when its number is another job's directory.)
+    make_job(sweep, "1_1", [*common, "head=cosine"], {"f1_macro": 0.99}, best_ckpt=None)
     main([str(sweep)])
     rows = read_rows(sweep / "compare.csv")
     assert [(r["rank"], r["job"], r["status"], r["f1_macro"]) for r in rows] == [
         ("1", "0", "ok", "0.7000"),
         ("2", "1", "ok", "0.6000"),
-        ("", "2", "no best checkpoint", "0.9900"),
+        ("", "1_1", "no best checkpoint", "0.9900"),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,9 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     return [load_job(d, sweep_dir) for d in sorted(directories, key=_natural_key)]
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in path.parts]
+def _natural_key(path: Path) -> list[tuple[int, str]]:
+    # 2 before 10; names with letters ("3_1", a resumed sweep's new job) after numbers, never compared to them
+    return [(int(part), "") if part.isdigit() else (sys.maxsize, part) for part in path.parts]
 
 
 def varied_keys(jobs: Sequence[Job]) -> list[str]:

@@ -3,10 +3,9 @@
 Training. The order of an epoch is a function of (shuffle_seed, epoch), and each sample's augmentation draws
 are a function of (shuffle_seed, epoch, position in the epoch): they do not depend on which worker process
 decodes the sample, on how many workers there are, on whether they persist, or on where the run started.
-`ResumableDataLoader` is stateful in Lightning's sense (`state_dict` / `load_state_dict`): every checkpoint
-holds the epoch and the number of batches trained in it, and Lightning hands them back before it creates the
-iterator of a resumed run. That iterator then starts at that epoch and batch, even mid-epoch. (Without the
-state, a resumed run's first iterator is created before Lightning sets the sampler's epoch: with worker
+Every checkpoint holds the epoch and the number of batches trained in it (`ResumableDataLoader.state_dict`,
+stored by `ImageFolderDataModule.state_dict`), and a resumed run's training loader starts there, even
+mid-epoch. (Lightning creates a resumed run's first iterator before it sets the sampler's epoch: with worker
 processes, which fetch indices at once, the first resumed epoch would replay the order of epoch 0.)
 
 Evaluation. Every rank of a multi-process run must enter the same collectives at the end of a validation or
@@ -43,7 +42,7 @@ def seeded_random_state(seed: int) -> Iterator[None]:
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed would reseed CUDA
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:

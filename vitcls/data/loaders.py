@@ -97,19 +97,20 @@ class ResumableDataLoader(DataLoader):
     restore).
 
     `batches_done` returns how many batches of the current epoch have been trained (the trainer knows: the
-    iterator runs ahead of training in the worker processes). Needs an `EpochSampler`.
+    iterator runs ahead of training in the worker processes). With another sampler than an `EpochSampler`
+    (Lightning puts a sequential one in for `trainer.overfit_batches`) there is no position to keep.
     """
 
     def __init__(self, *args: Any, batches_done: Callable[[], int] = lambda: 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
-            raise TypeError("ResumableDataLoader needs an EpochSampler")
         self.batches_done = batches_done
 
     def __iter__(self) -> Iterator[Any]:
         return _StartedOnFirstBatch(super().__iter__)
 
     def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, EpochSampler):
+            return {}
         return {
             "epoch": self.sampler.epoch,
             "batches_done": int(self.batches_done()),
@@ -119,6 +120,8 @@ class ResumableDataLoader(DataLoader):
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state or not isinstance(self.sampler, EpochSampler):
+            return
         epoch, done = int(state["epoch"]), int(state["batches_done"])
         layout = {"num_batches": len(self), "batch_size": int(self.batch_size or 0),
                   "num_replicas": self.sampler.num_replicas}

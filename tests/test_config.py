@@ -71,7 +71,8 @@ def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=tensorboard"])
     callbacks = instantiate_dict_group(cfg.callbacks)
     assert {type(c).__name__ for c in callbacks} == {
-        "ModelCheckpoint", "LearningRateMonitor", "InterruptedCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard"}
+        "ModelCheckpoint", "LearningRateMonitor", "InterruptedCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard",
+        "StopOnCtrlC"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
     assert [type(lg).__name__ for lg in loggers] == ["ResumableCSVLogger"]

@@ -1,50 +1,18 @@
-"""vitcls-compare on hand-made sweep directories: varied settings, ranking, failed and unfinished jobs."""
+"""vitcls-compare on hand-made sweeps: designs over seeds, selection on validation, intervals and p-values,
+tuning inside a design, Optuna sweeps, learning curves, failed and unfinished jobs, bad input."""
 
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
+from sweep_builder import make_job, noisy
 
 from vitcls.cli.compare import main
-
-
-def make_job(sweep, name, overrides, test=None, failure=None, best_ckpt="checkpoints/epoch_002.ckpt"):
-    job = sweep / name
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if test is not None:
-        (job / "summary.json").write_text(
-            json.dumps({"test": test, "epochs_trained": 3, "wall_time_s": 12.5, "best_ckpt": best_ckpt})
-        )
-    if failure is not None:
-        (job / "FAILED.json").write_text(json.dumps(failure))
-    return job
-
-
-@pytest.fixture
-def sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    common = ["data.root=/photos", "trainer.max_epochs=3"]
-    make_job(
-        sweep, "0", [*common, "head=linear", "head.dropout=0.0"], {"f1_macro": 0.70, "acc": 0.80, "loss": 0.5}
-    )
-    make_job(
-        sweep, "1", [*common, "head=linear", "head.dropout=0.1"], {"f1_macro": 0.90, "acc": 0.85, "loss": 0.7}
-    )
-    make_job(
-        sweep,
-        "2",
-        [*common, "head=mlp", "head.dropout=0.0"],
-        failure={"error_type": "FloatingPointError", "message": "training loss is nan at step 4"},
-    )
-    make_job(
-        sweep, "10", [*common, "head=mlp", "head.dropout=0.1"], {"f1_macro": 0.80, "acc": 0.90, "loss": 0.2}
-    )
-    make_job(sweep, "11", [*common, "head=mlp", "head.dropout=0.2"])  # still running: no summary yet
-    return sweep
+from vitcls.compare import compare
 
 
 def read_rows(path):
@@ -52,70 +20,277 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_jobs_are_ranked_by_the_metric_with_failed_and_unfinished_ones_last(sweep, capsys):
-    main([str(sweep)])
+def by_design(path):
+    return {row["design"]: row for row in read_rows(path)}
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 3, 120), rng.integers(0, 3, 240)  # val, test
+
+
+def test_identical_predictions_tie_with_p_one(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(1)
+    splits = {"val": (val, noisy(val, 0.7, rng)), "test": (test, noisy(test, 0.7, rng))}
+    for job, head in enumerate(("linear", "mlp")):
+        make_job(tmp_path / "sweep", str(job), [f"head={head}", "seed=1"], splits)
+    compare(tmp_path / "sweep")
+    rows = by_design(tmp_path / "sweep" / "compare.csv")
+    other = rows["head=mlp"] if rows["head=linear"]["rank"] == "1" else rows["head=linear"]
+    assert float(other["p_vs_best"]) == pytest.approx(1.0)
+    assert other["tied_with_best"] == "true"
+    assert {row["n_seeds"] for row in rows.values()} == {"1"}
+
+
+def test_right_wherever_the_other_is_wrong_is_significant(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(2)
+    weaker = {"val": (val, noisy(val, 0.8, rng)), "test": (test, noisy(test, 0.8, rng))}
+    # right on every image where the weaker one is wrong, and where it is right too
+    stronger = {split: (true, true.copy()) for split, (true, _) in weaker.items()}
+    make_job(tmp_path / "sweep", "0", ["head=linear"], weaker)
+    make_job(tmp_path / "sweep", "1", ["head=mlp"], stronger)
+    compare(tmp_path / "sweep")
+    rows = by_design(tmp_path / "sweep" / "compare.csv")
+    assert rows["head=mlp"]["rank"] == "1" and rows["head=mlp"]["tied_with_best"] == "true"
+    assert float(rows["head=linear"]["p_vs_best"]) < 0.01
+    assert rows["head=linear"]["tied_with_best"] == "false"
+
+
+def seed_sweep(sweep, labels, accuracies, seeds=(1, 2, 3), per_job_paths=True, rng_seed=0):
+    """Jobs head x seed; each seed's accuracy drawn around the head's, per split."""
+    val, test = labels
+    rng = np.random.default_rng(rng_seed)
+    job = 0
+    for head, (val_acc, test_acc) in accuracies.items():
+        for seed in seeds:
+            shift = rng.normal(0, 0.02)
+            overrides = ["data.root=/photos", f"head={head}", f"seed={seed}"]
+            if per_job_paths:
+                overrides += [f"hydra.run.dir=/runs/{job}", f"paths.output_dir=/runs/{job}",
+                              f"logger.wandb.save_dir=/runs/{job}"]
+            make_job(sweep, str(job), overrides, {"val": (val, noisy(val, val_acc + shift, rng)),
+                                                  "test": (test, noisy(test, test_acc + shift, rng))})
+            job += 1
+    return sweep
+
+
+def test_seeds_and_per_job_paths_do_not_split_a_design(tmp_path, labels):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7), "mlp": (0.8, 0.8)})
+    text, _ = compare(sweep)
     rows = read_rows(sweep / "compare.csv")
-    assert [(r["rank"], r["job"], r["status"]) for r in rows] == [
-        ("1", "1", "ok"),
-        ("2", "10", "ok"),
-        ("3", "0", "ok"),
-        ("", "2", "failed"),
-        ("", "11", "incomplete"),
-    ]
-    assert list(rows[0])[:5] == ["rank", "job", "head", "head.dropout", "status"]  # only what varies
-    assert rows[0]["f1_macro"] == "0.9000" and rows[0]["acc"] == "0.8500" and rows[0]["epochs"] == "3"
-    assert (
-        rows[3]["error"] == "FloatingPointError: training loss is nan at step 4" and rows[3]["f1_macro"] == ""
-    )
-    printed = capsys.readouterr().out
-    assert printed.splitlines()[0].startswith("| rank | job | head | head.dropout | status | f1_macro |")
-    assert (sweep / "compare.md").read_text() in printed
-    with Image.open(sweep / "compare.png") as chart:
+    assert [(r["design"], r["n_seeds"]) for r in rows] == [("head=mlp", "3"), ("head=linear", "3")]
+    report = json.loads((sweep / "compare.json").read_text())
+    assert report["design_keys"] == ["head"]
+    assert [d["jobs"] for d in report["designs"]] == [["3", "4", "5"], ["0", "1", "2"]]
+    # the table's mean and std are those of the three runs' summaries
+    for design in report["designs"]:
+        values = [json.loads((sweep / job / "summary.json").read_text())["test"]["acc"] for job in design["jobs"]]
+        assert design["test_acc_mean"] == pytest.approx(np.mean(values))
+        assert design["test_acc_std"] == pytest.approx(np.std(values, ddof=1))
+        assert design["test_acc_ci_low"] < design["test_acc_mean"] < design["test_acc_ci_high"]
+    assert "| 1 | head=mlp | 3 |" in text
+
+
+def test_ranking_uses_validation_never_test(tmp_path, labels):
+    # mlp is better on val, linear much better on test: the ranking follows val
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.6, 0.95), "mlp": (0.9, 0.6)}, seeds=(1, 2))
+    text, _ = compare(sweep)
+    rows = read_rows(sweep / "compare.csv")
+    assert [(r["rank"], r["design"]) for r in rows] == [("1", "head=mlp"), ("2", "head=linear")]
+    assert float(rows[1]["test_f1_macro_mean"]) > float(rows[0]["test_f1_macro_mean"])
+    assert list(rows[0])[4:8] == ["val_f1_macro_mean", "val_f1_macro_std", "val_f1_macro_ci_low",
+                                  "val_f1_macro_ci_high"]
+    assert "ranked by val/f1_macro (selection on validation" in text
+    jobs = read_rows(sweep / "compare_jobs.csv")
+    assert [j["head"] for j in jobs[:2]] == ["mlp", "mlp"]  # the per-job table ranks by val too
+    compare(sweep, metric="val/loss")
+    assert json.loads((sweep / "compare.json").read_text())["ranking_metric"] == "val/loss"
+
+
+def test_ranking_by_a_test_metric_is_refused_unless_insisted_on(tmp_path, labels, capsys):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.6, 0.95), "mlp": (0.9, 0.6)}, seeds=(1,))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--metric", "test/acc"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--metric test/acc would select on the test split" in error and "--allow-test-selection" in error
+    assert not (sweep / "compare.csv").exists()
+
+    main([str(sweep), "--metric", "test/acc", "--allow-test-selection"])
+    assert "SELECTED ON TEST by test/acc" in capsys.readouterr().out
+    assert [r["design"] for r in read_rows(sweep / "compare.csv")] == ["head=linear", "head=mlp"]
+    assert json.loads((sweep / "compare.json").read_text())["selected_on"] == "test"
+
+
+def test_failed_and_unfinished_jobs_are_listed(tmp_path, labels):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7)}, seeds=(1, 2))
+    make_job(sweep, "2", ["data.root=/photos", "head=mlp", "seed=1"],
+             failure={"error_type": "NonFiniteLossError", "message": "training loss is nan at step 4\nmore"})
+    make_job(sweep, "3", ["data.root=/photos", "head=mlp", "seed=2"])  # still running
+    make_job(sweep, "4", ["data.root=/photos", "head=linear", "seed=3"])  # killed
+    text, _ = compare(sweep)
+    rows = by_design(sweep / "compare.csv")
+    assert (rows["head=linear"]["n_seeds"], rows["head=linear"]["n_unfinished"]) == ("2", "1")
+    assert (rows["head=mlp"]["n_seeds"], rows["head=mlp"]["n_unfinished"], rows["head=mlp"]["rank"]) == ("0", "2", "")
+    assert "- 2 (head=mlp, seed=1): failed: NonFiniteLossError: training loss is nan at step 4\n" in text
+    assert "- 3 (head=mlp, seed=2): incomplete\n" in text and "- 4 (head=linear, seed=3): incomplete\n" in text
+    unfinished = json.loads((sweep / "compare.json").read_text())["unfinished"]
+    assert [(u["job"], u["status"]) for u in unfinished] == [("4", "incomplete"), ("2", "failed"), ("3", "incomplete")]
+    jobs = {j["job"]: j for j in read_rows(sweep / "compare_jobs.csv")}
+    assert jobs["2"]["status"] == "failed" and jobs["2"]["error"].startswith("NonFiniteLossError")
+
+
+def test_nested_overrides_make_readable_design_names(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(3)
+    for job, overrides in enumerate([["head=linear"], ["head=mlp", "head.hidden_dims=[256, 128]"],
+                                     ["head=mlp", "+head.norm=layernorm", "head.hidden_dims=[64]"]]):
+        make_job(tmp_path / "sweep", str(job), [*overrides, "optim.lr=0.001"],
+                 {"val": (val, noisy(val, 0.7, rng)), "test": (test, noisy(test, 0.7, rng))})
+    compare(tmp_path / "sweep")
+    assert set(by_design(tmp_path / "sweep" / "compare.csv")) == {
+        "head=linear", "head=mlp(hidden_dims=[256,128])", "head=mlp(hidden_dims=[64], norm=layernorm)"}
+
+
+def test_tuning_picks_each_designs_lr_on_validation(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(4)
+    # val: linear best at 1e-3, mlp at 1e-4. Test prefers the other lr each time: it must not matter.
+    accuracy = {("linear", "0.001"): (0.8, 0.6), ("linear", "0.0001"): (0.6, 0.9),
+                ("mlp", "0.001"): (0.65, 0.95), ("mlp", "0.0001"): (0.85, 0.7)}
+    job = 0
+    for (head, lr), (val_acc, test_acc) in accuracy.items():
+        for seed in (1, 2):
+            make_job(tmp_path / "sweep", str(job), [f"head={head}", f"optim.lr={lr}", f"seed={seed}"],
+                     {"val": (val, noisy(val, val_acc, rng)), "test": (test, noisy(test, test_acc, rng))})
+            job += 1
+    compare(tmp_path / "sweep", tune=["optim.lr"])
+    rows = by_design(tmp_path / "sweep" / "compare.csv")
+    assert set(rows) == {"head=linear", "head=mlp"}
+    assert rows["head=linear"]["optim.lr"] == "0.001" and rows["head=mlp"]["optim.lr"] == "0.0001"
+    assert rows["head=mlp"]["rank"] == "1" and rows["head=mlp"]["n_seeds"] == "2"
+    report = json.loads((tmp_path / "sweep" / "compare.json").read_text())
+    mlp = next(d for d in report["designs"] if d["design"] == "head=mlp")
+    assert mlp["jobs"] == ["6", "7"]
+    expected = np.mean([json.loads((tmp_path / "sweep" / j / "summary.json").read_text())["test"]["f1_macro"]
+                        for j in ("6", "7")])
+    assert mlp["test_f1_macro_mean"] == pytest.approx(expected)
+    assert [c["tuned"]["optim.lr"] for c in mlp["candidates"]] == ["0.001", "0.0001"]
+
+
+def test_an_optuna_sweep_is_one_design_whose_searched_keys_are_tuned(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(5)
+    sweep = tmp_path / "sweep"
+    val_accuracies = [0.6, 0.85, 0.7]
+    for job, (lr, val_acc) in enumerate(zip(("0.00013", "0.0042", "0.021"), val_accuracies, strict=True)):
+        make_job(sweep, str(job), [f"optim.head_lr={lr}", f"head.dropout=0.{job}", "data.root=/photos"],
+                 {"val": (val, noisy(val, val_acc, rng)), "test": (test, noisy(test, 0.7, rng))})
+    (sweep / "optimization_results.yaml").write_text("name: optuna\nbest_params:\n  optim.head_lr: 0.0042\n")
+    text, _ = compare(sweep)
+    (row,) = read_rows(sweep / "compare.csv")
+    assert (row["optim.head_lr"], row["head.dropout"], row["n_seeds"]) == ("0.0042", "0.1", "1")
+    report = json.loads((sweep / "compare.json").read_text())
+    assert report["sweeper"] == "optuna" and report["tuned_keys"] == ["optim.head_lr", "head.dropout"]
+    assert len(report["designs"][0]["candidates"]) == 3
+    assert "tuned within each design on val/f1_macro: optim.head_lr, head.dropout" in text
+
+
+def test_learning_curves_along_the_training_set_size(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(6)
+    job = 0
+    for k, base in (("5", 0.5), ("10", 0.65), ("50", 0.85)):
+        for head, bonus in (("linear", 0.0), ("mlp", 0.05)):
+            for seed in (1, 2):
+                make_job(tmp_path / "sweep", str(job), [f"data.train_per_class={k}", f"head={head}", f"seed={seed}"],
+                         {"val": (val, noisy(val, base + bonus, rng)), "test": (test, noisy(test, base + bonus, rng))})
+                job += 1
+    compare(tmp_path / "sweep", x="data.train_per_class", resamples=400)
+    rows = read_rows(tmp_path / "sweep" / "compare.csv")
+    assert [(r["data.train_per_class"], r["design"], r["rank"]) for r in rows] == [
+        ("5", "head=mlp", "1"), ("5", "head=linear", "2"), ("10", "head=mlp", "1"), ("10", "head=linear", "2"),
+        ("50", "head=mlp", "1"), ("50", "head=linear", "2")]
+    means = [float(r["test_f1_macro_mean"]) for r in rows if r["design"] == "head=mlp"]
+    assert means == sorted(means)
+    with Image.open(tmp_path / "sweep" / "compare.png") as figure:
+        assert figure.width > 600
+
+
+def test_csv_json_and_markdown_hold_the_same_numbers(tmp_path, labels):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7), "mlp": (0.75, 0.75)})
+    text, files = compare(sweep)
+    rows = read_rows(files["csv"])
+    report = json.loads(files["json"].read_text())
+    for row, design in zip(rows, report["designs"], strict=True):
+        for column, value in row.items():
+            if value and column not in ("design", "tied_with_best"):
+                assert float(value) == design[column], column
+        mean, std, low, high = (design[f"val_f1_macro_{s}"] for s in ("mean", "std", "ci_low", "ci_high"))
+        assert f"{mean:.3f} ± {std:.3f} [{low:.3f}, {high:.3f}]" in text
+    assert files["markdown"].read_text() == text
+    with Image.open(files["png"]) as chart:
         assert chart.width > 300 and chart.height > 200
 
 
-def test_a_finished_job_is_never_failed_and_one_without_a_best_checkpoint_is_flagged_not_ranked(tmp_path):
+def test_a_finished_job_is_never_failed_and_one_without_a_best_checkpoint_is_flagged_not_ranked(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(2)
+
+    def splits(accuracy):
+        return {"val": (val, noisy(val, accuracy, rng)), "test": (test, noisy(test, accuracy, rng))}
+
     sweep = tmp_path / "sweep"
-    common = ["data.root=/photos"]
-    make_job(sweep, "0", [*common, "head=linear"], {"f1_macro": 0.70})
+    make_job(sweep, "0", ["data.root=/photos", "head=linear"], splits(0.8))
     # finished, then refused by a re-run that wrote FAILED.json beside its summary (older vitcls did)
-    make_job(sweep, "1", [*common, "head=mlp"], {"f1_macro": 0.60},
+    make_job(sweep, "1", ["data.root=/photos", "head=mlp"], splits(0.7),
              failure={"error_type": "ConfigError", "message": "already holds a run"})
-    # tested on its last weights: its validation never ran, whatever its test score. (Named as a resumed sweep
+    # tested on its last weights: its validation never ran, whatever its scores. (Named as a resumed sweep
     # names a job that never ran when its number is another job's directory.)
-    make_job(sweep, "1_1", [*common, "head=cosine"], {"f1_macro": 0.99}, best_ckpt=None)
-    main([str(sweep)])
-    rows = read_rows(sweep / "compare.csv")
-    assert [(r["rank"], r["job"], r["status"], r["f1_macro"]) for r in rows] == [
-        ("1", "0", "ok", "0.7000"),
-        ("2", "1", "ok", "0.6000"),
-        ("", "1_1", "no best checkpoint", "0.9900"),
-    ]
+    make_job(sweep, "1_1", ["data.root=/photos", "head=cosine"], splits(0.95), extra_summary={"best_ckpt": None})
+    compare(sweep)
+    jobs = read_rows(sweep / "compare_jobs.csv")
+    assert [(j["job"], j["status"]) for j in jobs] == [("0", "ok"), ("1", "ok"), ("1_1", "no best checkpoint")]
+    assert jobs[-1]["rank"] == "" and jobs[-1]["test/acc"]  # shown, not ranked
+    designs = by_design(sweep / "compare.csv")
+    assert [designs[d]["rank"] for d in ("head=linear", "head=mlp", "head=cosine")] == ["1", "2", ""]
+    unfinished = json.loads((sweep / "compare.json").read_text())["unfinished"]
+    assert [(u["job"], u["status"]) for u in unfinished] == [("1_1", "no best checkpoint")]
 
 
-def test_loss_is_minimised_and_other_metrics_can_be_chosen(sweep, tmp_path):
-    out = tmp_path / "report"
-    main([str(sweep), "--metric", "test/loss", "--out", str(out)])
-    assert [r["job"] for r in read_rows(out / "compare.csv")][:3] == ["10", "0", "1"]
-    main([str(sweep), "--metric", "acc", "--out", str(out)])
-    assert [r["job"] for r in read_rows(out / "compare.csv")][:3] == ["10", "1", "0"]
-    main([str(sweep), "--metric", "acc", "--minimize", "--out", str(out)])
-    assert [r["job"] for r in read_rows(out / "compare.csv")][:3] == ["0", "1", "10"]
-    assert not (sweep / "compare.csv").exists()
+def test_without_predictions_the_intervals_come_from_the_seeds(tmp_path, labels):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7), "mlp": (0.75, 0.75)})
+    for path in sweep.glob("*/*_predictions.csv"):
+        path.unlink()
+    text, _ = compare(sweep)
+    report = json.loads((sweep / "compare.json").read_text())
+    for design in report["designs"]:
+        mean, std = design["test_acc_mean"], design["test_acc_std"]
+        half = 4.302652729911275 * std / np.sqrt(3)  # t(0.975, df=2)
+        assert design["test_acc_ci_low"] == pytest.approx(max(0.0, mean - half))
+        assert design["test_acc_ci_high"] == pytest.approx(min(1.0, mean + half))
+    assert "No per-image predictions in jobs 0, 1, 2, 3, 4, 5" in text
 
 
-def test_run_directories_without_hydra_overrides_compare_by_their_config(tmp_path):
-    sweep = tmp_path / "runs"
-    for name, lr, f1 in (("a", 1e-3, 0.6), ("b", 1e-4, 0.7)):
-        (sweep / name).mkdir(parents=True)
-        (sweep / name / "config.yaml").write_text(
-            f"optim:\n  lr: {lr}\n  betas: [0.9, 0.999]\npaths:\n  output_dir: {sweep / name}\n"
-        )
-        (sweep / name / "summary.json").write_text(json.dumps({"test": {"f1_macro": f1}, "best_ckpt": "x.ckpt"}))
-    main([str(sweep)])
-    rows = read_rows(sweep / "compare.csv")
-    assert [(r["job"], r["optim.lr"]) for r in rows] == [("b", "0.0001"), ("a", "0.001")]
-    assert "paths.output_dir" not in rows[0] and "optim.betas" not in rows[0]
+def test_runs_from_before_the_val_object_rank_by_their_best_val_score(tmp_path, labels):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.9, 0.7), "mlp": (0.6, 0.7)}, seeds=(1,))
+    for summary_file in sweep.glob("*/summary.json"):
+        summary = json.loads(summary_file.read_text())
+        del summary["val"]
+        summary_file.write_text(json.dumps(summary))
+    compare(sweep)
+    assert [r["design"] for r in read_rows(sweep / "compare.csv")] == ["head=linear", "head=mlp"]
+
+
+def test_per_job_prints_the_job_table(tmp_path, labels, capsys):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7), "mlp": (0.8, 0.8)}, seeds=(1, 2))
+    main([str(sweep), "--per-job"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| rank | job | head | seed | status | val/f1_macro | test/acc |")
+    assert len(lines) == 2 + 4
 
 
 @pytest.mark.parametrize(
@@ -123,13 +298,14 @@ def test_run_directories_without_hydra_overrides_compare_by_their_config(tmp_pat
     [
         (["{missing}"], "sweep directory not found"),
         (["{empty}"], "no jobs in"),
-        (
-            ["{sweep}", "--metric", "f2"],
-            "--metric f2: not in the summaries; choose one of acc, f1_macro, loss",
-        ),
+        (["{sweep}", "--metric", "val/f2"], "--metric val/f2: not a metric; choose one of val/acc, val/f1_macro"),
+        (["{sweep}", "--tune", "optim.lr"], "--tune optim.lr: not a setting that varies between the jobs of"),
+        (["{sweep}", "--x", "data.train_per_class"], "--x data.train_per_class: not a setting that varies"),
+        (["{sweep}", "--bootstrap", "1"], "--bootstrap 1: at least 2 resamples"),
     ],
 )
-def test_bad_input_is_one_clear_line(sweep, tmp_path, capsys, args, message):
+def test_bad_input_is_one_clear_line(tmp_path, labels, capsys, args, message):
+    sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7)}, seeds=(1, 2))
     (tmp_path / "empty").mkdir()
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "sweep": sweep}
     with pytest.raises(SystemExit) as exit_info:

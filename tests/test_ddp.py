@@ -54,6 +54,14 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len([r for r in rows if r.get("test/acc")]) == 1
+    # the per-image predictions hold every val and test image once, in the split's order
+    for split in ("val", "test"):
+        with open(run_dir / f"{split}_predictions.csv") as handle:
+            predictions = list(csv.DictReader(handle))
+        paths = sorted(str(p) for p in (odd_folder / split).rglob("*.png"))
+        assert [row["path"] for row in predictions] == paths
+        accuracy = sum(int(row["correct"]) for row in predictions) / len(predictions)
+        assert accuracy == pytest.approx(summary[split]["acc"], abs=1e-6)
 
     eval_dir = tmp_path / "eval"
     run_cli(

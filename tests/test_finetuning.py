@@ -25,12 +25,17 @@ class RecordHeadWeights(Callback):
 
     history: list[torch.Tensor] = []
     tested: torch.Tensor | None = None
+    validated: torch.Tensor | None = None  # by trainer.validate after fitting (summary.json's val)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         RecordHeadWeights.history.append(pl_module.net.head.fc.weight.detach().clone())
 
     def on_test_start(self, trainer, pl_module):
         RecordHeadWeights.tested = pl_module.net.head.fc.weight.detach().clone()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.state.fn == "validate":  # after the EMA callback's epoch-start hook
+            RecordHeadWeights.validated = pl_module.net.head.fc.weight.detach().clone()
 
 
 def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(image_folder_factory, tmp_path):
@@ -62,6 +67,8 @@ def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(ima
     assert torch.equal(checkpoint["current_model_state"]["net.head.fc.weight"], steps[-1])
     assert not torch.allclose(saved, steps[-1], atol=1e-4)
     assert torch.equal(RecordHeadWeights.tested, saved)  # summary.json's test metrics are the EMA model's
+    assert torch.equal(RecordHeadWeights.validated, saved)  # and its val metrics too
+    assert summary["val"]["f1_macro"] == pytest.approx(summary["best_val_score"])
 
     # eval.py and exports load `state_dict`: the EMA weights
     from vitcls.models.classifier import ImageClassifier

@@ -41,8 +41,8 @@ def test_an_added_metric_is_everywhere(added_metric, image_folder_factory, tmp_p
     written = json.loads((sweep / "0" / "summary.json").read_text())
     assert 0.0 <= written["test"][added_metric] <= 1.0
 
-    table, _ = compare(sweep, metric=added_metric)
-    assert added_metric in table.splitlines()[0]
+    table, _ = compare(sweep, metric=f"val/{added_metric}", resamples=50)
+    assert f"ranked by val/{added_metric}" in table.splitlines()[0]
 
     export = export_checkpoint(summary["best_ckpt"], tmp_path / "export")
     predictor = Predictor.from_pretrained(export, device="cpu", num_workers=0)

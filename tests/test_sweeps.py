@@ -83,7 +83,8 @@ def test_two_by_two_sweep_gives_four_jobs_four_wandb_runs_and_a_comparison(
     assert sorted(runs) == ["0", "1", "2", "3"]
     assert len({run.run["run_id"] for run in runs.values()}) == 4
     for job, run in runs.items():
-        assert run.run["run_group"] == str(sweep)
+        assert run.run["run_group"] == "train_sweep"  # the task name and the sweep directory's name
+        assert run.config["design"] == run_config_design(expected_names[job])
         assert run.run["display_name"] == expected_names[job]
         assert run.exit_code == 0
         assert run.run["run_id"] == (sweep / job / "wandb_run_id").read_text().strip()
@@ -123,23 +124,32 @@ def test_two_by_two_sweep_gives_four_jobs_four_wandb_runs_and_a_comparison(
         accuracy = sum(row[5] for row in table["data"]) / len(table["data"])
         assert accuracy == pytest.approx(summaries[job]["test"]["acc"], abs=1e-6)
 
-    # offline comparison: one row per job, sorted by the metric, the varied settings as columns
-    result = run_script("-m", "vitcls.cli.compare", str(sweep), "--metric", "loss")
+    # offline comparison: one row per design (no seeds here: one job each), ranked by the validation metric
+    result = run_script("-m", "vitcls.cli.compare", str(sweep), "--metric", "val/loss")
     rows = read_csv(sweep / "compare.csv")
-    assert [row["job"] for row in rows] == sorted(summaries, key=lambda job: summaries[job]["test"]["loss"])
+    by_val_loss = sorted(summaries, key=lambda job: summaries[job]["val"]["loss"])
+    assert [row["design"] for row in rows] == [run_config_design(expected_names[job]) for job in by_val_loss]
     assert [row["rank"] for row in rows] == ["1", "2", "3", "4"]
-    assert {(row["head"], row["head.dropout"]) for row in rows} == {
+    for row, job in zip(rows, by_val_loss, strict=True):
+        assert row["n_seeds"] == "1"
+        assert float(row["test_acc_mean"]) == pytest.approx(summaries[job]["test"]["acc"])
+        assert float(row["val_loss_mean"]) == pytest.approx(summaries[job]["val"]["loss"])
+    jobs = read_csv(sweep / "compare_jobs.csv")
+    assert {(row["head"], row["head.dropout"]) for row in jobs} == {
         ("linear", "0.0"),
         ("linear", "0.1"),
         ("mlp", "0.0"),
         ("mlp", "0.1"),
     }
-    assert "data.root" not in rows[0]  # the same in every job
-    for row in rows:
-        assert float(row["acc"]) == pytest.approx(summaries[row["job"]]["test"]["acc"], abs=1e-4)
+    assert "data.root" not in jobs[0]  # the same in every job
     markdown_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(markdown_rows) == 1 + 1 + 4  # header, separator, four jobs
+    assert len(markdown_rows) == 1 + 1 + 4  # header, separator, four designs
     assert (sweep / "compare.png").stat().st_size > 0
+
+
+def run_config_design(job_name: str) -> str:
+    """head=mlp,head.dropout=0.1 -> head=mlp(dropout=0.1)"""
+    return job_name.replace(",head.dropout=", "(dropout=") + ")"
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, tmp_path, wandb_offline):
@@ -171,14 +181,14 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, t
 
     result = run_script("-m", "vitcls.cli.compare", str(sweep))
     rows = read_csv(sweep / "compare.csv")
-    assert [(row["job"], row["status"], float(row["optim.lr"])) for row in rows] == [
-        ("1", "ok", 1e-3),
-        ("0", "failed", 1e36),
+    assert [(row["design"], row["rank"], row["n_seeds"], row["n_unfinished"]) for row in rows] == [
+        ("optim.lr=0.001", "1", "1", "0"),
+        ("optim.lr=1e+36", "", "0", "1"),
     ]
-    assert rows[1]["f1_macro"] == "" and rows[1]["error"].startswith(
-        "NonFiniteLossError: the training loss is nan"
-    )
-    assert "| failed |" in result.stdout
+    jobs = read_csv(sweep / "compare_jobs.csv")
+    assert [(row["job"], row["status"]) for row in jobs] == [("1", "ok"), ("0", "failed")]
+    assert jobs[1]["val/f1_macro"] == "" and jobs[1]["error"].startswith("NonFiniteLossError: the training loss is nan")
+    assert "- 0 (optim.lr=1e+36): failed: NonFiniteLossError: the training loss is nan" in result.stdout
 
 
 def test_without_continue_on_failure_the_sweep_stops_at_the_first_failure(tmp_path):
@@ -329,3 +339,47 @@ def test_a_sweep_killed_in_its_third_job_goes_on_with_resume_true(image_folder_f
 
     run_script("-m", "vitcls.cli.compare", str(sweep))
     assert [row["status"] for row in read_csv(sweep / "compare.csv")] == ["ok"] * 4
+
+
+def test_a_missing_sweeper_plugin_is_one_line_saying_what_to_install(monkeypatch):
+    from vitcls.cli import hydra_job
+
+    monkeypatch.setitem(hydra_job.SWEEPER_PLUGINS, "optuna", ("hydra_plugins.not_installed_sweeper", "optuna"))
+    for argv in (["-m", "sweep=head_search", "data.root=/x"], ["-m", "hydra/sweeper=optuna", "optim.lr=interval(0.1,1)"]):
+        with pytest.raises(hydra_job.ConfigError, match=r"the optuna sweeper is a Hydra plugin that is not installed: "
+                                                        r"pip install 'vitcls\[optuna\]'"):
+            hydra_job.check_sweeper_plugin(argv, CONF_DIR)
+    hydra_job.check_sweeper_plugin(["-m", "sweep=heads"], CONF_DIR)  # a grid needs no plugin
+
+
+def test_the_optuna_search_optimises_the_validation_metric():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for monitor, direction in (("val/f1_macro", "maximize"), ("val/loss", "minimize")):
+            cfg = compose("train", ["sweep=head_search", f"monitor={monitor}"], return_hydra_config=True)
+            assert cfg.hydra.sweeper.direction == direction
+        assert set(cfg.hydra.sweeper.params) == {"optim.head_lr", "optim.weight_decay", "head.dropout"}
+        assert "optuna" in cfg.hydra.sweeper._target_.lower()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_runs_and_compare_reads_its_trials(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 6, "b": 6})
+    sweep = tmp_path / "search"
+    run_script("train.py", "-m", "sweep=head_search", f"data.root={root}", "hydra.sweeper.n_trials=3",
+               *FAST_OVERRIDES, "trainer.max_epochs=1", f"feature_cache.dir={tmp_path / 'cache'}",
+               f"hydra.sweep.dir={sweep}")
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 3
+    assert results.best_value == pytest.approx(max(s["best_val_score"] for s in summaries.values()))
+    run_script("-m", "vitcls.cli.compare", str(sweep))
+    report = json.loads((sweep / "compare.json").read_text())
+    assert report["sweeper"] == "optuna" and report["design_keys"] == []
+    assert set(report["tuned_keys"]) == {"optim.head_lr", "optim.weight_decay", "head.dropout"}
+    (design,) = report["designs"]
+    assert len(design["candidates"]) == 3 and design["n_seeds"] == 1
+    (best_job,) = design["jobs"]
+    assert summaries[best_job]["best_val_score"] == pytest.approx(results.best_value)
+    assert float(design["optim.head_lr"]) == pytest.approx(results.best_params["optim.head_lr"])

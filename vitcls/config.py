@@ -16,6 +16,7 @@ import timm
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.data.quality import BAD_IMAGE_POLICIES
+from vitcls.data.split import stratified_subset
 from vitcls.errors import ConfigError
 from vitcls.metrics import better_is, metric_names
 from vitcls.models.heads import Head, HeadSpec, head_spec
@@ -31,12 +32,18 @@ def config_dir() -> Path:
     return installed if installed.is_dir() else PACKAGE_DIR.parent / "conf"
 
 
+def optuna_direction(monitor: str) -> str:
+    """`maximize` or `minimize`: the direction in which a search improves the monitored metric."""
+    return "minimize" if better_is(monitor) == "min" else "maximize"
+
+
 def register_resolvers() -> None:
     """`${vitcls.precision:...}` (conf/trainer), `${vitcls.better_is:...}` (conf/callbacks) and
-    `${vitcls.sweep_job_dir:}` (conf/hydra)."""
+    `${vitcls.optuna_direction:...}` (conf/sweep) and `${vitcls.sweep_job_dir:}` (conf/hydra)."""
     resolvers = (
         ("vitcls.precision", precision_preset),
         ("vitcls.better_is", better_is),
+        ("vitcls.optuna_direction", optuna_direction),
         ("vitcls.sweep_job_dir", _sweep_job_dir),
     )
     for name, resolver in resolvers:
@@ -150,6 +157,7 @@ def check_train_config(cfg: DictConfig) -> None:
     )
     _in_range(data, "data", "val_fraction", 0.0, 1.0, closed_low=False)
     _in_range(data, "data", "test_fraction", 0.0, 1.0, closed_low=False)
+    stratified_subset([], data.get("train_per_class"), data.get("train_fraction"))  # checks the two settings
     policy = data.get("on_bad_image")
     _require(policy in BAD_IMAGE_POLICIES, "data.on_bad_image", policy, f"one of {list(BAD_IMAGE_POLICIES)}")
     _positive_int(data, "data", "max_image_pixels")

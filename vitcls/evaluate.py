@@ -7,8 +7,6 @@ and prediction_gallery.png.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import random
 from pathlib import Path
@@ -24,10 +22,11 @@ from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import DatasetLayoutError, class_differences
 from vitcls.data.images import load_rgb
 from vitcls.errors import ConfigError
-from vitcls.io import write_json_atomic, write_text_atomic
+from vitcls.io import write_json_atomic
 from vitcls.metrics import per_class_report, split_metrics
 from vitcls.models.heads import import_head_modules
 from vitcls.models.lightning_module import ClassifierModule
+from vitcls.predictions import write_predictions
 from vitcls.reports import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
 
 log = logging.getLogger(__name__)
@@ -53,17 +52,6 @@ def check_same_classes(model_classes: list[str], data_classes: list[str], data_r
             f"to the model: {extra or 'none'}"
             + ("; same names in another order" if not missing and not extra else "")
         )
-
-
-def write_predictions(path: Path, samples, probabilities: torch.Tensor, class_names: list[str]) -> Path:
-    scores, predicted = probabilities.max(dim=1)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "true_label", "pred_label", "score", "correct"])
-    for sample, pred, score in zip(samples, predicted.tolist(), scores.tolist(), strict=True):
-        writer.writerow([sample.path, class_names[sample.label], class_names[pred], f"{score:.6f}",
-                         int(pred == sample.label)])
-    return write_text_atomic(path, buffer.getvalue())
 
 
 def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclassified_share: float,

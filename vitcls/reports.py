@@ -1,4 +1,4 @@
-"""Evaluation results as files a researcher reads: confusion matrices, reports, galleries, charts.
+"""Evaluation results as files a researcher reads: confusion matrices, reports, galleries.
 
 Figures are drawn on a bare `matplotlib.figure.Figure` (rendered by Agg on `savefig`), never through
 pyplot, so this module touches no global plotting state and is safe to call from worker threads.
@@ -188,25 +188,3 @@ def save_prediction_gallery(
         fig.suptitle(title, **_LITERAL_TEXT)
     return _save_figure(fig, path)
 
-
-def save_comparison_chart(
-    labels: Sequence[str], values: Sequence[float | None], metric: str, path: str | Path, best: int | None
-) -> Path:
-    """One horizontal bar per job (top to bottom in the given order), the best one marked; `None` = failed."""
-    fig = Figure(figsize=(7.5, 1.2 + 0.38 * len(labels)), layout="constrained")
-    ax = fig.add_subplot()
-    rows = range(len(labels))
-    colours = [_RIGHT if i == best else "#7f7f7f" for i in rows]
-    ax.barh(rows, [0.0 if v is None else v for v in values], color=colours)
-    finite = [v for v in values if v is not None]
-    span = max(finite, default=1.0) or 1.0
-    for i, value in zip(rows, values, strict=True):
-        text = "failed" if value is None else f"{value:.4f}" + ("  best" if i == best else "")
-        ax.text(0.01 * span if value is None else value + 0.01 * span, i, text, va="center", fontsize=8,
-                color=_WRONG if value is None else "black", **_LITERAL_TEXT)
-    ax.set_yticks(rows, [_truncate(label, 60) for label in labels], fontsize=8, **_LITERAL_TEXT)
-    ax.invert_yaxis()
-    ax.set_xlim(0, span * 1.18)
-    ax.set_xlabel(metric, **_LITERAL_TEXT)
-    ax.set_title(f"{metric} per job", **_LITERAL_TEXT)
-    return _save_figure(fig, path)

@@ -4,6 +4,8 @@
     <run_dir>/summary.json           written last: a run with one has finished
     <run_dir>/FAILED.json            a run that stopped with an error (for vitcls-compare and sweeps)
     <run_dir>/metrics.csv            per-epoch metrics (CSV logger)
+    <run_dir>/val_predictions.csv    per-image predictions of the tested checkpoint (vitcls.predictions)
+    <run_dir>/test_predictions.csv
     <run_dir>/checkpoints/           epoch_NNN.ckpt (best), last.ckpt, interrupted.ckpt
     <run_dir>/hpc_ckpt_N.ckpt        written by Lightning when SLURM signals a requeue
     <run_dir>/previous_attempts/N/   what an earlier attempt left, when the run started again from scratch
@@ -31,6 +33,7 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 FAILURE_FILE = "FAILED.json"
 METRICS_FILE = "metrics.csv"
+PREDICTIONS_FILES = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"

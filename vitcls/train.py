@@ -1,7 +1,8 @@
 """`run(cfg)`: fit on the image folder, test the best checkpoint, write the run directory.
 
 The steps, in order: check the settings and the run directory; build the data (scan and check the folder),
-the trainer and the module; record the run's settings; fit and test; summarise; write the reports.
+the trainer and the module; record the run's settings; fit, then score the best checkpoint on val and test;
+summarise; write the reports, with the per-image val and test predictions that vitcls-compare pairs.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from vitcls.data.feature_cache import build_feature_datamodule
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.inference.export import export_checkpoint
 from vitcls.io import read_json, write_json_atomic, write_text_atomic
-from vitcls.loggers.wandb import log_run_config, log_test_results
+from vitcls.loggers.wandb import log_run_config, log_test_results, wandb_loggers
 from vitcls.metrics import metric_names, split_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
 from vitcls.precision import use_tensor_cores_for_float32
+from vitcls.predictions import write_predictions
 from vitcls.reports import save_confusion_matrix
 from vitcls.run_dir import (
     CONFIG_FILE,
+    PREDICTIONS_FILES,
     SUMMARY_FILE,
     JobSkipped,
     RunPlan,
@@ -53,11 +56,12 @@ RUN_PLAN_ENV = "VITCLS_RUN_PLAN"
 
 @dataclass
 class FitOutcome:
-    """What fitting and testing produced: the best checkpoint and the test results."""
+    """What fitting and testing produced: the best checkpoint, its val and its test results."""
 
     best_ckpt: str | None
     best_epoch: int | None
     best_val_score: float | None
+    val_results: dict[str, Any]
     test_results: dict[str, Any]
 
 
@@ -153,15 +157,21 @@ def agreed_run_plan(cfg: DictConfig, output_dir: Path) -> RunPlan:
     return plan
 
 
-def record_settings(cfg: DictConfig, trainer: L.Trainer, module: ClassifierModule, layout: BatchLayout) -> None:
-    """config.yaml in the run directory; batch layout, parameter counts and the flat config to the loggers."""
+def record_settings(
+    cfg: DictConfig, trainer: L.Trainer, module: ClassifierModule, datamodule: ImageFolderDataModule,
+    layout: BatchLayout,
+) -> None:
+    """config.yaml in the run directory; batch layout and parameter counts to the loggers, and to W&B the
+    flat config with the run's design."""
     if trainer.is_global_zero:
         write_text_atomic(Path(cfg.paths.output_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    params = module.parameter_counts
+    params = {"params/total": module.parameter_counts["total"], "params/trainable": module.parameter_counts["trainable"]}
     for logger in trainer.loggers:  # merged with the module's hyperparameters that fit() logs
-        logger.log_hyperparams(layout.as_dict())
-        logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
-    log_run_config(trainer.loggers, cfg)
+        if logger not in wandb_loggers(trainer.loggers):
+            logger.log_hyperparams(layout.as_dict())
+            logger.log_hyperparams(params)
+    computed = {"effective_batch_size": layout.effective_batch_size, "world_size": layout.world_size, **params}
+    log_run_config(trainer.loggers, cfg, computed, set(module.hparams) | set(datamodule.hparams))
 
 
 def training_batches(
@@ -188,8 +198,11 @@ def fit_and_test(
                 raise KeyboardInterrupt from stopped
             raise
         best_path, best_epoch, best_score = best_checkpoint(trainer)
+        # The val metrics of exactly the checkpoint that is tested (the module keeps them off the loggers)
+        trainer.validate(module, datamodule=batches, ckpt_path=best_path, verbose=False, weights_only=True)
+        val_results = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         results = trainer.test(module, datamodule=batches, ckpt_path=best_path, verbose=True, weights_only=True)
-    return FitOutcome(best_path, best_epoch, best_score, results[0])
+    return FitOutcome(best_path, best_epoch, best_score, val_results, results[0])
 
 
 def summarise(
@@ -202,7 +215,7 @@ def summarise(
     started: float,
     run_dir: Path,
 ) -> dict[str, Any]:
-    """summary.json: test metrics of the best checkpoint and what the run was."""
+    """summary.json: val and test metrics of the best checkpoint and what the run was."""
     skipped = datamodule.skipped_files()
     if outcome.best_ckpt is None:
         log.warning("no best checkpoint (no validation selected one): the test metrics are those of the last weights")
@@ -212,6 +225,7 @@ def summarise(
         "best_epoch": outcome.best_epoch,
         "best_val_score": outcome.best_val_score,
         "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
+        "val": split_metrics(outcome.val_results, "val"),
         "test": split_metrics(outcome.test_results, "test"),
         "params": module.parameter_counts,
         "num_samples": {
@@ -235,8 +249,20 @@ def write_outputs(
     cfg: DictConfig, summary: dict[str, Any], trainer: L.Trainer, module: ClassifierModule,
     datamodule: ImageFolderDataModule,
 ) -> None:
-    """Rank zero: the test confusion matrix, the loggers' test results, the export, then summary.json."""
+    """Rank zero: per-image predictions, the test confusion matrix, the loggers' test results, the export,
+    then summary.json."""
     output_dir = Path(cfg.paths.output_dir)
+    skipped = summary["skipped"]
+    for split in ("val", "test"):
+        if not module.predictions[split]:  # the split was not evaluated (trainer.limit_val_batches=0)
+            continue
+        probabilities = torch.cat(module.predictions[split])
+        # Files that went bad during the run were dropped from their batch; a trainer.limit_*_batches cut
+        # scores the first images of the split (one process: the sampler keeps the split's order).
+        samples = [s for s in datamodule.splits[split] if s.path not in skipped][: len(probabilities)]
+        summary["paths"][f"{split}_predictions"] = str(
+            write_predictions(output_dir / PREDICTIONS_FILES[split], samples, probabilities, datamodule.class_names)
+        )
     files = save_confusion_matrix(
         module.last_confusion["test"], datamodule.class_names, output_dir, stem="test_confusion_matrix",
         title="test confusion matrix",
@@ -284,7 +310,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     layout = batch_layout(trainer, datamodule.hparams.batch_size)
     module = build_module(cfg, datamodule.class_names, layout.effective_batch_size)
     datamodule.set_data_config(module.data_config)
-    record_settings(cfg, trainer, module, layout)
+    record_settings(cfg, trainer, module, datamodule, layout)
     outcome = fit_and_test(trainer, module, training_batches(cfg, datamodule, module, trainer), ckpt_path)
     summary = summarise(trainer, module, datamodule, layout, outcome, ckpt_path, started, run_dir)
     if trainer.is_global_zero:

@@ -1,8 +1,10 @@
-"""`vitcls-compare SWEEP_DIR`: the jobs of a sweep side by side, without W&B.
+"""`vitcls-compare SWEEP_DIR`: which design of a sweep is best on validation, and is it really better.
 
-Reads every job directory (one with `summary.json`, `FAILED.json` or Hydra's `.hydra/overrides.yaml`)
-under SWEEP_DIR, finds the settings that differ between jobs, sorts the jobs by a metric, prints a
-markdown table and writes `compare.md`, `compare.csv` and `compare.png` (the metric per job, best marked).
+Jobs that differ only in `seed` form one design. One row per design: its validation metric (the ranking) and
+its test acc / f1_macro, each as mean and std over seeds with a 95% interval (bootstrap over images plus
+the spread over seeds), and p_vs_best / tied_with_best (a paired test on the test images against the best
+design). Designs are never ranked by a test metric. Failed and unfinished jobs are listed.
+Writes compare.csv, compare.md, compare.json, compare.png and the per-job compare_jobs.csv/.md.
 """
 
 from __future__ import annotations
@@ -21,14 +23,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (outputs/train/multiruns/<date>)")
     parser.add_argument(
         "--metric",
-        default="f1_macro",
-        help="test metric of summary.json to sort by: acc, f1_macro, loss... (default f1_macro)",
+        default="val/f1_macro",
+        help="the validation metric that ranks designs: val/acc, val/f1_macro, val/loss... (default val/f1_macro)",
+    )
+    parser.add_argument(
+        "--allow-test-selection",
+        action="store_true",
+        help="accept a test/... --metric (selection on test: the output says so)",
     )
     order = parser.add_mutually_exclusive_group()
     order.add_argument(
         "--minimize", dest="minimize", action="store_true", default=None, help="lower is better (the default for loss)"
     )
     order.add_argument("--maximize", dest="minimize", action="store_false", help="higher is better")
+    parser.add_argument(
+        "--tune",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a swept setting to treat as a hyperparameter: each design takes its value with the best mean "
+        "validation metric (repeatable, e.g. --tune optim.lr --tune head.dropout)",
+    )
+    parser.add_argument(
+        "--x", metavar="KEY", help="draw learning curves along this swept setting (e.g. data.train_per_class)"
+    )
+    parser.add_argument(
+        "--repeat",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="another setting whose values are repetitions of a design, like seed (e.g. data.split_seed)",
+    )
+    parser.add_argument("--per-job", action="store_true", help="print the table of jobs instead of designs")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    parser.add_argument(
+        "--wandb", action="store_true", help="log the design table and figure to a W&B run in the sweep's group"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write compare.* (default: SWEEP_DIR)")
     return parser.parse_args(argv)
 
@@ -36,8 +66,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     from vitcls.compare import compare
 
-    table, files = compare(args.sweep_dir, args.metric, args.minimize, args.out)
-    print(table, end="")
+    text, files = compare(
+        args.sweep_dir,
+        args.metric,
+        args.minimize,
+        args.out,
+        allow_test_selection=args.allow_test_selection,
+        tune=args.tune,
+        x=args.x,
+        repeat=args.repeat,
+        per_job=args.per_job,
+        resamples=args.bootstrap,
+        wandb=args.wandb,
+    )
+    print(text, end="")
     print("\n" + "\n".join(f"wrote {path}" for path in files.values()))
 
 

@@ -121,6 +121,43 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     return result
 
 
+# Hydra sweepers that are plugins: option -> (module, the vitcls extra that installs it)
+SWEEPER_PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
+
+
+def sweeper_asked_for(argv: list[str], conf_dir: Path) -> str | None:
+    """The sweeper option the command line picks: `hydra/sweeper=X`, or the one a `sweep=NAME` config overrides."""
+    import yaml
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "hydra/sweeper":
+            return value
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        sweep_file = conf_dir / "sweep" / f"{value}.yaml"
+        if key == "sweep" and sweep_file.is_file():
+            for entry in yaml.safe_load(sweep_file.read_text()).get("defaults") or []:
+                if isinstance(entry, dict) and "override /hydra/sweeper" in entry:
+                    return entry["override /hydra/sweeper"]
+    return None
+
+
+def check_sweeper_plugin(argv: list[str], conf_dir: Path) -> None:
+    """A sweeper plugin that is not installed: one line saying what to install, instead of Hydra's
+    'Could not find hydra/sweeper/...'."""
+    import importlib.util
+
+    sweeper = sweeper_asked_for(argv, conf_dir)
+    if sweeper in SWEEPER_PLUGINS:
+        module, extra = SWEEPER_PLUGINS[sweeper]
+        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"the {sweeper} sweeper is a Hydra plugin that is not installed: pip install 'vitcls[{extra}]' "
+                f"(or pip install -e '.[{extra}]' in a checkout of vitcls)"
+            )
+
+
 def hydra_entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """A console script that composes `conf/<config_name>.yaml` with the command line and runs `run(cfg)`."""
     import hydra
@@ -128,6 +165,11 @@ def hydra_entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Cal
     from vitcls.config import config_dir, register_resolvers
 
     register_resolvers()
+    try:
+        check_sweeper_plugin(sys.argv[1:], config_dir())
+    except ConfigError as error:
+        print(f"{Path(sys.argv[0]).name}: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     @functools.wraps(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from vitcls.data.quality import (
     file_stat,
     warn_about_leakage,
 )
-from vitcls.data.split import stratified_split
+from vitcls.data.split import stratified_split, stratified_subset
 from vitcls.data.transforms import apply_preprocessing_overrides, build_eval_transform, build_train_transform
 from vitcls.errors import ConfigError
 
@@ -43,7 +44,9 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Split rules: a val/ folder is used as is, otherwise `val_fraction` of train is held out
     (stratified, seeded by `split_seed`). Without a test/ folder, `test_fraction` of train is held out
-    first. Transforms come from the backbone: call `set_data_config` (done by `vitcls.train.run`)
+    first. Then `train_per_class` images per class (or `train_fraction` of each class) of what remains
+    for training are kept, drawn by `subset_seed` (nested across sizes); val and test never change with
+    them. Transforms come from the backbone: call `set_data_config` (done by `vitcls.train.run`)
     or let `setup` take `trainer.lightning_module.data_config`.
 
     Bad files: before any split is made, every image is decoded once (`vitcls.data.quality`).
@@ -63,6 +66,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         test_fraction: float = 0.2,
         split_seed: int = 42,
         shuffle_seed: int = 42,
+        train_per_class: int | None = None,
+        train_fraction: float | None = None,
+        subset_seed: int = 42,
         train_augment: dict[str, Any] | None = None,
         crop_pct: float | None = None,
         interpolation: str | None = None,
@@ -152,8 +158,21 @@ class ImageFolderDataModule(L.LightningDataModule):
             val = scan.samples("val") if "val" in scan.splits else None
             if val is None:
                 train, val = stratified_split(train, self.hparams.val_fraction, seed + 1)
-            self._splits = {"train": train, "val": val, "test": test}
+            self._splits = {"train": self._training_subset(train), "val": val, "test": test}
         return self._splits
+
+    def _training_subset(self, train: list[Sample]) -> list[Sample]:
+        per_class = self.hparams.get("train_per_class")
+        subset = stratified_subset(train, per_class, self.hparams.get("train_fraction"), self.hparams.subset_seed)
+        if per_class is not None:
+            counts = Counter(self.class_names[s.label] for s in train)
+            short = {name: n for name, n in sorted(counts.items()) if n < per_class}
+            if short:
+                log.warning("data.train_per_class=%d: these classes have fewer training images and keep them "
+                            "all: %s", per_class, short)
+        if len(subset) < len(train):
+            log.info("training subset: %d of %d images (seed %d)", len(subset), len(train), self.hparams.subset_seed)
+        return subset
 
     # --- transforms and datasets -------------------------------------------------------------
     def set_data_config(self, data_config: dict[str, Any]) -> None:

@@ -38,3 +38,33 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     kept = [s for i, s in enumerate(samples) if i not in held_out_positions]
     held_out = [s for i, s in enumerate(samples) if i in held_out_positions]
     return kept, held_out
+
+
+def stratified_subset(
+    samples: list[Sample], per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> list[Sample]:
+    """Keep `per_class` images of each class, or `fraction` of each class (at least one). In the input order.
+
+    Nested: for one seed, each class's images are drawn in one seeded order and the first ones are kept, so
+    the subset for K images per class holds the one for fewer. A class with fewer images keeps all of them.
+    """
+    if per_class is None and fraction is None:
+        return samples
+    if per_class is not None and fraction is not None:
+        raise ConfigError(
+            f"data.train_per_class={per_class} and data.train_fraction={fraction}: set one of them (the other null)"
+        )
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+        raise ConfigError(f"data.train_per_class must be a positive integer or null, got {per_class!r}")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ConfigError(f"data.train_fraction must be a number in (0, 1] or null, got {fraction!r}")
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for position, sample in enumerate(samples):
+        by_class[sample.label].append(position)
+    kept: set[int] = set()
+    for label, positions in by_class.items():
+        order = list(positions)
+        random.Random(f"subset:{seed}:{label}").shuffle(order)
+        n_keep = per_class if per_class is not None else max(1, round(len(positions) * fraction))
+        kept.update(order[:n_keep])
+    return [s for i, s in enumerate(samples) if i in kept]

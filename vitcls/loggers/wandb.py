@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vitcls.data.folder import Sample
 from vitcls.data.images import load_rgb
+from vitcls.design_keys import design_name, is_design_key, override_key, parse_overrides
 from vitcls.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -68,35 +69,68 @@ def _stored_run_id(checkpoint: Path) -> str | None:
     return None
 
 
-def _multirun_group_and_name() -> tuple[str | None, str | None]:
-    """(sweep directory, the swept overrides of this job) inside a Hydra multirun, else (None, None)."""
-    from hydra.core.hydra_config import HydraConfig
+def sweep_label(task_name: str, choices: dict[str, Any]) -> str:
+    """What a sweep runs: its `sweep=` config, else its `experiment=`, else the task name."""
+    return str(choices.get("sweep") or choices.get("experiment") or task_name)
+
+
+def sweep_group_name(label: str, sweep_dir: str | Path) -> str:
+    """`heads_2026-01-01_12-00-00`: the sweep's label and its directory name (the sweep's date by default)."""
+    name = Path(sweep_dir).name
+    group = name if name.startswith(label) else f"{label}_{name}"
+    return group[:_WANDB_GROUP_MAX_CHARS]
+
+
+def _swept_keys(hydra_cfg: Any) -> set[str] | None:
+    """Keys a multirun varies: lists on the command line (`head=linear,mlp`) and `hydra.sweeper.params`
+    of a config; None when the command line is not Hydra's (another launcher's argv)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None, None
-    hydra_cfg = HydraConfig.get()
-    parser = OverridesParser.create()
-    # Swept keys: lists on the command line (`head=linear,mlp`) and `hydra.sweeper.params` of a config.
     command_line = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
     try:
-        swept = {o.key_or_group for o in parser.parse_overrides(command_line) if o.is_sweep_override()}
-    except OverrideParseException:  # another launcher's argv: name the job by all its overrides
-        swept = None
-    swept_params = (hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None) or {}
-    job_overrides = list(hydra_cfg.overrides.task)
+        swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(command_line) if o.is_sweep_override()}
+    except OverrideParseException:
+        return None
+    return swept | set((hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None) or {})
+
+
+def _is_search(hydra_cfg: Any) -> bool:
+    """A sweeper that searches (Optuna) rather than enumerating a grid: what it varies is hyperparameters."""
+    return "optuna" in str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "").lower()
+
+
+def job_identity() -> tuple[str | None, str | None, str]:
+    """(W&B group, run name, design) of this job. In a multirun: the sweep's descriptive group, the swept
+    overrides as name, and those of them that make the design (no seeds, paths or searched hyperparameters);
+    for a single run: no group or name, and its command-line overrides that make the design."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, None, design_name({}, [])
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    settings = parse_overrides(overrides)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None, None, design_name(settings, [key for key in settings if is_design_key(key)])
+    swept = _swept_keys(hydra_cfg)
     if swept is not None:
-        swept |= set(swept_params)
-        job_overrides = [o for o in job_overrides if parser.parse_override(o).key_or_group in swept]
-    name = ",".join(job_overrides) or f"job{hydra_cfg.job.num}"
-    return str(hydra_cfg.sweep.dir)[-_WANDB_GROUP_MAX_CHARS:], name
+        overrides = [o for o in overrides if override_key(o.split("=", 1)[0]) in swept]
+    name = ",".join(overrides) or f"job{hydra_cfg.job.num}"
+    keys = [] if _is_search(hydra_cfg) else [k for k in parse_overrides(overrides) if is_design_key(k)]
+    group = sweep_group_name(sweep_label(hydra_cfg.job.name, dict(hydra_cfg.runtime.choices)), hydra_cfg.sweep.dir)
+    return group, name, design_name(settings, keys)
 
 
 class VitclsWandbLogger(WandbLogger):
-    """A WandbLogger whose config keys are flat (`head._target_`, `optim.lr`: filterable in the runs table)
-    and which logs the test results: a confusion matrix plot and a table of predictions with thumbnails.
+    """A WandbLogger whose config is the resolved Hydra config, one flat key per setting (`head._target_`,
+    `optim.lr`: filterable in the runs table) plus the run's `design`, and which logs the test results: a
+    confusion matrix plot and a table of predictions with thumbnails.
+
+    Lightning also logs the LightningModule's and DataModule's init arguments as hyperparameters; they are
+    the same settings under other names (`optimizer.lr` = `optim.lr`, `root` = `data.root`), so once
+    `log_config` has named them they are not sent again.
     """
 
     def __init__(self, *args: Any, prediction_table_rows: int = 64, thumbnail_size: int = 64, **kwargs: Any):
@@ -106,9 +140,20 @@ class VitclsWandbLogger(WandbLogger):
         self._wandb_init.pop("anonymous", None)
         self.prediction_table_rows = prediction_table_rows
         self.thumbnail_size = thumbnail_size
+        self._config_names: frozenset[str] = frozenset()  # top-level names that only repeat the config
 
     def log_hyperparams(self, params: Any) -> None:
-        super().log_hyperparams(_flatten_dict(_convert_params(params), delimiter="."))
+        flat = _flatten_dict(_convert_params(params), delimiter=".")
+        flat = {key: value for key, value in flat.items() if key.split(".", 1)[0] not in self._config_names}
+        if flat:
+            super().log_hyperparams(flat)
+
+    def log_config(self, config: dict[str, Any], repeated_by: set[str]) -> None:
+        """The run config: `config` (nested), flattened; `repeated_by`: top-level names of the module's and
+        datamodule's hyperparameters, which Lightning logs later and which are not sent then."""
+        flat = _flatten_dict(_convert_params(config), delimiter=".")
+        super().log_hyperparams({key: value for key, value in flat.items() if not key.endswith("._partial_")})
+        self._config_names = frozenset(repeated_by)
 
     @rank_zero_only
     def log_test_results(
@@ -199,7 +244,7 @@ def create_wandb_logger(
             "W&B is offline: checkpoints are not logged as artifacts (logger.wandb.log_model ignored)"
         )
         log_model = False
-    sweep_group, job_name = _multirun_group_and_name()
+    sweep_group, job_name, _ = job_identity()
     # A `wandb agent` assigns the run id through WANDB_RUN_ID: keep it, or the run leaves its sweep.
     run_id = (
         kwargs.pop("id", None)
@@ -224,10 +269,14 @@ def wandb_loggers(loggers: Sequence[Logger]) -> list[VitclsWandbLogger]:
     return [logger for logger in loggers if isinstance(logger, VitclsWandbLogger)]
 
 
-def log_run_config(loggers: Sequence[Logger], cfg: DictConfig) -> None:
-    """Send the resolved Hydra config (not only the module's hyperparameters) to W&B."""
+def log_run_config(
+    loggers: Sequence[Logger], cfg: DictConfig, facts: dict[str, Any], repeated_by: set[str]
+) -> None:
+    """Send the resolved Hydra config, the run's `design` and `facts` (parameter counts...) to W&B.
+    `repeated_by`: the names of the module's and datamodule's hyperparameters (settings of the config)."""
     for logger in wandb_loggers(loggers):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        config = {**OmegaConf.to_container(cfg, resolve=True), "design": job_identity()[2], **facts}
+        logger.log_config(config, repeated_by)
 
 
 def log_test_results(
@@ -252,3 +301,50 @@ def finish_wandb(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def log_comparison(
+    sweep_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], figure: Path, title: str
+) -> Path:
+    """The design table and figure of `vitcls-compare --wandb` as one W&B run (job_type=compare) in the W&B
+    group of the sweep's runs; offline, as the training loggers are, without a key or a server.
+    Returns the W&B run directory."""
+    import wandb
+
+    project, group = _sweep_wandb_names(sweep_dir)
+    reason = _offline_reason()
+    if reason and not os.environ.get("WANDB_MODE"):
+        log.warning("%s: logging the comparison to W&B offline; upload later with `wandb sync`", reason)
+    columns = list(rows[0]) if rows else []
+    run = wandb.init(
+        project=project, group=group, job_type="compare", name=f"compare {group}",
+        dir=str(out_dir), mode="offline" if reason else "online", config={"sweep_dir": str(sweep_dir), "title": title},
+        reinit="create_new",
+    )
+    try:
+        run.log({
+            "compare/designs": wandb.Table(columns=columns, data=[list(row.values()) for row in rows]),
+            "compare/figure": wandb.Image(str(figure)),
+        })
+        run.summary["compare/best"] = next((row["design"] for row in rows if row.get("rank") == 1), None)
+    finally:
+        run.finish()
+    return Path(run.dir).parent
+
+
+def _sweep_wandb_names(sweep_dir: Path) -> tuple[str, str]:
+    """(project, group) that the sweep's runs used: from a job's config.yaml and .hydra/hydra.yaml."""
+    project, group = "vitcls", None
+    for config_file in sorted(Path(sweep_dir).rglob("config.yaml")):
+        if config_file.parent.name == ".hydra":
+            continue
+        config = OmegaConf.load(config_file)
+        project = OmegaConf.select(config, "logger.wandb.project", default=None) or project
+        group = OmegaConf.select(config, "logger.wandb.group", default=None)
+        hydra_file = config_file.parent / ".hydra" / "hydra.yaml"
+        if group is None and hydra_file.is_file():
+            hydra_cfg = OmegaConf.load(hydra_file).hydra
+            choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+            group = sweep_group_name(sweep_label(str(config.get("task_name", "train")), choices), hydra_cfg.sweep.dir)
+        break
+    return project, group or sweep_group_name("compare", sweep_dir)

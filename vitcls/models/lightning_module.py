@@ -22,6 +22,7 @@ from typing import Any
 import hydra.utils
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
@@ -75,8 +76,9 @@ class ClassifierModule(L.LightningModule):
         self.mean_loss = nn.ModuleDict({f"{split}_split": MeanMetric() for split in SPLITS})
         # Filled at the end of each val/test epoch (synced across ranks): for reports and loggers.
         self.last_confusion: dict[str, Tensor] = {}
-        # Softmax rows of the test split; after the test epoch, all ranks' rows in dataset order.
-        self.test_predictions: list[Tensor] = []
+        # Softmax rows of the test split (`trainer.test`) and of the val split (`trainer.validate`, not the
+        # validations during fit); after the epoch, all ranks' rows in dataset order.
+        self.predictions: dict[str, list[Tensor]] = {"val": [], "test": []}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ClassifierModule, dict]:
@@ -162,12 +164,27 @@ class ClassifierModule(L.LightningModule):
                 self.metrics["train_split"].update(logits.detach(), targets)
         return loss
 
+    @property
+    def test_predictions(self) -> list[Tensor]:
+        return self.predictions["test"]
+
+    def _scoring_a_checkpoint(self) -> bool:
+        """`trainer.validate` after fitting: its val metrics describe the tested checkpoint. They are returned
+        (trainer.callback_metrics) but not sent to the loggers, whose val curves stay one point per epoch."""
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == TrainerFn.VALIDATING
+
+    def _keeps_predictions(self, split: str) -> bool:
+        return split == "test" or (split == "val" and self._scoring_a_checkpoint())
+
     def _evaluation_step(self, split: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         inputs, targets = batch
         logits = self._logits(inputs)
         self.mean_loss[f"{split}_split"].update(self.criterion(logits, targets), weight=len(targets))
         self.metrics[f"{split}_split"].update(logits, targets)
         self.confusion[f"{split}_split"].update(logits, targets)
+        if self._keeps_predictions(split):
+            self.predictions[split].append(logits.softmax(dim=-1).cpu())
         return logits
 
     def _log_epoch_metrics(self, split: str) -> None:
@@ -180,6 +197,7 @@ class ClassifierModule(L.LightningModule):
         step in Lightning's result bookkeeping, more than a whole step of a head on cached features.
         """
         loss_name = "train/loss_epoch" if split == "train" else f"{split}/loss"
+        to_loggers = not self._scoring_a_checkpoint()
         for metrics in (self.metrics[f"{split}_split"], self.mean_loss[f"{split}_split"]):
             if self._updated_on_any_rank(metrics):
                 with _without_empty_rank_warning():
@@ -187,7 +205,7 @@ class ClassifierModule(L.LightningModule):
                 if not isinstance(values, dict):
                     values = {loss_name: values}
                 for name, value in values.items():
-                    self.log(name, value, prog_bar=name in PROGRESS_BAR_METRICS)
+                    self.log(name, value, prog_bar=name in PROGRESS_BAR_METRICS, logger=to_loggers)
             metrics.reset()
 
     def _updated_on_any_rank(self, metrics: Metric | MetricCollection) -> bool:
@@ -202,13 +220,20 @@ class ClassifierModule(L.LightningModule):
             self._evaluation_step("val", batch)
 
     def test_step(self, batch: tuple[Tensor, Tensor] | None, batch_idx: int) -> None:
-        if batch is None:
-            return
-        logits = self._evaluation_step("test", batch)
-        self.test_predictions.append(logits.softmax(dim=-1).cpu())
+        if batch is not None:
+            self._evaluation_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        if self._keeps_predictions("val"):
+            self.predictions["val"] = []
 
     def on_test_epoch_start(self) -> None:
-        self.test_predictions = []
+        self.predictions["test"] = []
+
+    def _gather_predictions(self, split: str) -> None:
+        rows = self.predictions[split]
+        local = torch.cat(rows) if rows else torch.empty(0, len(self.class_names))
+        self.predictions[split] = [gather_in_dataset_order(self, local)]
 
     def _store_confusion(self, split: str) -> None:
         # compute() syncs the summed counts across ranks (every rank calls it); reset by hand, it is not logged.
@@ -222,12 +247,13 @@ class ClassifierModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
         self._store_confusion("val")
+        if self._keeps_predictions("val"):
+            self._gather_predictions("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
         self._store_confusion("test")
-        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, len(self.class_names))
-        self.test_predictions = [gather_in_dataset_order(self, local)]
+        self._gather_predictions("test")
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,222 @@
+"""Uncertainty of a design's score, and whether two designs really differ.
+
+A design's score is the mean over its seeds of each run's metric. Two sources of error: which images the
+split happens to hold (estimated by resampling the images: the variance of the seed-mean over bootstrap
+resamples) and which seeds were drawn (the variance over seeds / n_seeds). The interval is
+mean +- t * sqrt(both), with Welch-Satterthwaite degrees of freedom (a normal interval when the images are
+the only source, n_seeds = 1). Every run scored on the same images (same paths) gets the same resamples,
+so the difference of two designs is resampled image by image: a paired test. Runs on other images (a
+swept data.split_seed) are resampled independently.
+
+Metrics are recomputed on each resample from per-class counts (true, predicted, correct), vectorised over
+resamples, with the definitions of `vitcls.metrics` (tests check them against that torchmetrics collection);
+a metric added there without a counts formula here is recomputed by its torchmetrics object per resample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from vitcls.errors import ConfigError
+from vitcls.predictions import Predictions
+
+CONFIDENCE = 0.95
+SIGNIFICANCE = 1.0 - CONFIDENCE
+DEFAULT_RESAMPLES = 2000
+_INDICES_PER_CHUNK = 4_000_000  # resample indices held at once (chunks of resamples x images)
+
+Counts = tuple[np.ndarray, np.ndarray, np.ndarray]  # true positives, true count, predicted count: (b, C) each
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.zeros(np.broadcast_shapes(numerator.shape, denominator.shape))
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _macro(per_class: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -> np.ndarray:
+    # Over the classes that occur in the targets or the predictions (torchmetrics, zero_division=0).
+    present = (n_true + n_pred) > 0
+    return _ratio((per_class * present).sum(-1), present.sum(-1))
+
+
+def _weighted(per_class: np.ndarray, n_true: np.ndarray) -> np.ndarray:
+    return _ratio((per_class * n_true).sum(-1), n_true.sum(-1))
+
+
+def _precision(tp, n_true, n_pred):
+    return _ratio(tp, n_pred)
+
+
+def _recall(tp, n_true, n_pred):
+    return _ratio(tp, n_true)
+
+
+def _f1(tp, n_true, n_pred):
+    return _ratio(2 * tp, n_true + n_pred)
+
+
+# name -> f(tp, n_true, n_pred) -> (b,), for the names of vitcls.metrics.METRICS
+COUNT_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "acc": lambda tp, n_true, n_pred: _ratio(tp.sum(-1), n_true.sum(-1)),
+    "f1_macro": lambda tp, n_true, n_pred: _macro(_f1(tp, n_true, n_pred), n_true, n_pred),
+    "f1_weighted": lambda tp, n_true, n_pred: _weighted(_f1(tp, n_true, n_pred), n_true),
+    "precision_macro": lambda tp, n_true, n_pred: _macro(_precision(tp, n_true, n_pred), n_true, n_pred),
+    "precision_weighted": lambda tp, n_true, n_pred: _weighted(_precision(tp, n_true, n_pred), n_true),
+    "recall_macro": lambda tp, n_true, n_pred: _macro(_recall(tp, n_true, n_pred), n_true, n_pred),
+    "recall_weighted": lambda tp, n_true, n_pred: _weighted(_recall(tp, n_true, n_pred), n_true),
+}
+
+
+def class_counts(true: np.ndarray, pred: np.ndarray, num_classes: int, indices: np.ndarray) -> Counts:
+    """Per-class counts on each row of `indices` (b, n): the images of one resample each."""
+    b = len(indices)
+    offsets = (np.arange(b) * num_classes)[:, None]
+    t, p = true[indices], pred[indices]
+
+    def count(labels: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        flat = (labels + offsets).ravel()
+        weights = None if where is None else where.ravel().astype(np.float64)
+        return np.bincount(flat, weights=weights, minlength=b * num_classes).reshape(b, num_classes)
+
+    return count(t, t == p), count(t), count(p)
+
+
+def metric_on_resamples(
+    name: str, predictions: Predictions, num_classes: int, indices: np.ndarray, counts: Counts | None
+) -> np.ndarray:
+    """The metric on each resample (row of `indices`)."""
+    if name == "loss":  # cross-entropy of the stored probabilities
+        return -np.log(np.clip(predictions.true_score[indices], 1e-12, None)).mean(axis=1)
+    if name in COUNT_METRICS and counts is not None:
+        return COUNT_METRICS[name](*counts)
+    return _torchmetrics_on_resamples(name, predictions, num_classes, indices)
+
+
+def _torchmetrics_on_resamples(name: str, predictions: Predictions, num_classes: int, indices: np.ndarray):
+    import torch
+
+    from vitcls.metrics import METRICS
+
+    metric = METRICS[name](num_classes)
+    values = []
+    for row in indices:
+        metric.reset()
+        metric.update(torch.from_numpy(predictions.pred[row]), torch.from_numpy(predictions.true[row]))
+        values.append(float(metric.compute()))
+    return np.asarray(values)
+
+
+class Resampler:
+    """Bootstrap resamples of images: the same ones for every run scored on the same images, run after run.
+
+    The resamples of an image set are drawn from a generator seeded by (seed, its sorted paths), in chunks,
+    so no index matrix is kept and the numbers do not depend on the order runs are read in.
+    """
+
+    def __init__(self, resamples: int = DEFAULT_RESAMPLES, seed: int = 0):
+        if resamples < 2:
+            raise ConfigError(f"--bootstrap {resamples}: at least 2 resamples are needed (default {DEFAULT_RESAMPLES})")
+        self.resamples = resamples
+        self.seed = seed
+
+    def _generator(self, paths: Sequence[str]) -> np.random.Generator:
+        digest = hashlib.sha256("\n".join(paths).encode()).digest()
+        return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+
+    def replicates(self, predictions: Predictions, metrics: Sequence[str], num_classes: int) -> dict[str, np.ndarray]:
+        """{metric: (resamples,)} for one run's predictions on one split."""
+        n = len(predictions)
+        if n == 0:
+            return {name: np.full(self.resamples, np.nan) for name in metrics}
+        generator = self._generator(predictions.paths)
+        chunk = max(1, _INDICES_PER_CHUNK // n)
+        out: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+        for start in range(0, self.resamples, chunk):
+            indices = generator.integers(0, n, size=(min(chunk, self.resamples - start), n))
+            counts = class_counts(predictions.true, predictions.pred, num_classes, indices)
+            for name in metrics:
+                out[name].append(metric_on_resamples(name, predictions, num_classes, indices, counts))
+        return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A design's score: mean and spread over seeds, and a CONFIDENCE interval for the mean."""
+
+    mean: float
+    std: float  # over seeds (ddof=1); nan with one seed
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+def _seed_variance(points: np.ndarray) -> tuple[float, float]:
+    """(variance of the mean from the spread over seeds, its degrees of freedom); (0, inf) for one seed."""
+    if len(points) < 2:
+        return 0.0, math.inf
+    return float(points.var(ddof=1)) / len(points), float(len(points) - 1)
+
+
+def _welch_df(image_variance: float, seed_terms: Sequence[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of image_variance (taken as known) + the seed terms."""
+    total = image_variance + sum(v for v, _ in seed_terms)
+    denominator = sum(v * v / df for v, df in seed_terms if v > 0 and math.isfinite(df))
+    return math.inf if denominator == 0 else total * total / denominator
+
+
+def _t_quantile(df: float) -> float:
+    probability = 1.0 - SIGNIFICANCE / 2
+    return float(scipy_stats.norm.ppf(probability) if math.isinf(df) else scipy_stats.t.ppf(probability, df))
+
+
+def estimate(points: Sequence[float], replicates: np.ndarray | None, bounds: tuple[float, float]) -> Estimate:
+    """`points`: each seed's metric; `replicates`: (seeds, resamples) of it on resampled images, or None
+    (then the interval comes from the seeds alone, and there is none for one seed)."""
+    values = np.asarray(points, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    seed_variance, seed_df = _seed_variance(values)
+    image_variance = 0.0 if replicates is None else float(np.asarray(replicates).mean(axis=0).var(ddof=1))
+    if replicates is None and n < 2:
+        return Estimate(mean, std, math.nan, math.nan, n)
+    half = _t_quantile(_welch_df(image_variance, [(seed_variance, seed_df)])) * math.sqrt(
+        image_variance + seed_variance
+    )
+    return Estimate(mean, std, max(bounds[0], mean - half), min(bounds[1], mean + half), n)
+
+
+def p_value_of_difference(
+    points_a: Sequence[float], replicates_a: np.ndarray | None, points_b: Sequence[float],
+    replicates_b: np.ndarray | None,
+) -> float:
+    """Two-sided p-value of mean(a) != mean(b). nan when nothing measures the error (one seed each and no
+    per-image predictions)."""
+    a, b = np.asarray(points_a, dtype=np.float64), np.asarray(points_b, dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    difference = float(a.mean() - b.mean())
+    with_images = replicates_a is not None and replicates_b is not None
+    image_variance = (
+        float((np.asarray(replicates_a).mean(axis=0) - np.asarray(replicates_b).mean(axis=0)).var(ddof=1))
+        if with_images else 0.0
+    )
+    seed_terms = [_seed_variance(a), _seed_variance(b)]
+    if not with_images and len(a) < 2 and len(b) < 2:
+        return math.nan
+    variance = image_variance + sum(v for v, _ in seed_terms)
+    if variance <= 0.0:
+        return 1.0 if difference == 0.0 else 0.0
+    statistic = abs(difference) / math.sqrt(variance)
+    df = _welch_df(image_variance, seed_terms)
+    survival = scipy_stats.norm.sf(statistic) if math.isinf(df) else scipy_stats.t.sf(statistic, df)
+    return float(min(1.0, 2.0 * survival))

@@ -72,7 +72,7 @@ def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     callbacks = instantiate_dict_group(cfg.callbacks)
     assert {type(c).__name__ for c in callbacks} == {
         "ModelCheckpoint", "LearningRateMonitor", "InterruptedCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard",
-        "TrainCost"}
+        "TrainCost", "StopOnCtrlC"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
     assert [type(lg).__name__ for lg in loggers] == ["ResumableCSVLogger"]

@@ -23,6 +23,7 @@ from vitcls.metrics import better_is, metric_names
 from vitcls.models.adapters import adapter_spec
 from vitcls.models.heads import Head, HeadSpec, head_spec
 from vitcls.precision import precision_preset
+from vitcls.run_dir import sweep_job_subdir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -40,12 +41,32 @@ def optuna_direction(monitor: str) -> str:
 
 def register_resolvers() -> None:
     """`${vitcls.precision:...}` (conf/trainer), `${vitcls.better_is:...}` (conf/callbacks) and
-    `${vitcls.optuna_direction:...}` (conf/sweep)."""
-    resolvers = (("vitcls.precision", precision_preset), ("vitcls.better_is", better_is),
-                 ("vitcls.optuna_direction", optuna_direction))
+    `${vitcls.optuna_direction:...}` (conf/sweep) and `${vitcls.sweep_job_dir:}` (conf/hydra)."""
+    resolvers = (
+        ("vitcls.precision", precision_preset),
+        ("vitcls.better_is", better_is),
+        ("vitcls.optuna_direction", optuna_direction),
+        ("vitcls.sweep_job_dir", _sweep_job_dir),
+    )
     for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_job_dir(*, _root_: DictConfig) -> str:
+    """hydra.sweep.subdir: the job number, or with resume=true (or ckpt_path=last), the directory of the
+    earlier job with the same overrides."""
+    hydra_cfg = _root_.hydra
+    resume = bool(_root_.get("resume")) or _root_.get("ckpt_path") == "last"
+    return sweep_job_subdir(Path(hydra_cfg.sweep.dir), list(hydra_cfg.overrides.task), hydra_cfg.job.num, resume)
 
 
 def to_plain(node: Any) -> Any:

@@ -32,7 +32,7 @@ from vitcls.loggers.wandb import log_run_config, log_test_results
 from vitcls.metrics import metric_names, split_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
-from vitcls.precision import use_tensor_cores_for_float32
+from vitcls.precision import describe_precision, log_precision, use_tensor_cores_for_float32
 from vitcls.reports import save_confusion_matrix
 from vitcls.run_dir import CONFIG_FILE, SUMMARY_FILE, check_run_dir, resolve_ckpt_path, summary_paths
 
@@ -120,6 +120,8 @@ def record_settings(cfg: DictConfig, trainer: L.Trainer, module: ClassifierModul
         logger.log_hyperparams(layout.as_dict())
         logger.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"]})
     log_run_config(trainer.loggers, cfg)
+    if trainer.is_global_zero:
+        log_precision(trainer.precision, trainer.strategy.root_device.type)
 
 
 def training_batches(
@@ -173,6 +175,7 @@ def summarise(
         "global_steps": trainer.global_step,
         "world_size": layout.world_size,
         "effective_batch_size": layout.effective_batch_size,
+        "precision": describe_precision(trainer.precision, trainer.strategy.root_device.type),
         "batch_layout": dataclasses.asdict(layout),
         "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),

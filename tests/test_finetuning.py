@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config, train_in_process
+from conftest import FAST_OVERRIDES, compose_config, tiny_module, train_in_process
 from lightning.pytorch.callbacks import Callback
 
 from vitcls.train import run
@@ -164,3 +164,27 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert module(images).shape == (2, 2)
+
+
+def test_compiled_model_evaluates_eagerly_without_recompiling():
+    """model.compile compiles the training graph only: evaluation in eval mode, any batch size, runs the
+    eager tap on the same weights (no compilation, identical logits)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    module = tiny_module("linear", compile=True)
+    eager = tiny_module("linear")
+    eager.load_state_dict(module.state_dict())
+    torch._dynamo.reset()
+    counters.clear()
+    module.train()
+    module(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert counters["stats"]["unique_graphs"] >= 1  # training ran the compiled graph
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    module.eval()
+    eager.eval()
+    with torch.inference_mode():
+        for batch in (4, 3):  # a full and a ragged batch
+            images = torch.randn(batch, 3, 32, 32)
+            torch.testing.assert_close(module(images), eager(images), rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == compiled_graphs  # nothing compiled for evaluation

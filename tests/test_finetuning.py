@@ -188,3 +188,24 @@ def test_compiled_model_evaluates_eagerly_without_recompiling():
             images = torch.randn(batch, 3, 32, 32)
             torch.testing.assert_close(module(images), eager(images), rtol=0, atol=0)
     assert counters["stats"]["unique_graphs"] == compiled_graphs  # nothing compiled for evaluation
+
+
+class RecordBlockModes(Callback):
+    """Which backbone blocks are in training mode at each training batch (class-level: Hydra builds it)."""
+
+    seen: list[list[bool]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        RecordBlockModes.seen.append([block.training for block in pl_module.net.backbone.blocks])
+
+
+def test_frozen_blocks_stay_in_eval_mode_through_fit(image_folder_factory, tmp_path):
+    """No dropout or drop-path noise in frozen blocks, from the first batch and after each validation."""
+    root = image_folder_factory({"a": 4, "b": 4})
+    RecordBlockModes.seen = []
+    train_in_process(
+        tmp_path, f"data.root={root}", "trainer.max_epochs=2", "model.train_blocks=2", "model.drop_path_rate=0.1",
+        "+callbacks.modes._target_=test_finetuning.RecordBlockModes",
+    )
+    assert len(RecordBlockModes.seen) == 2  # one batch per epoch, the second after a validation
+    assert all(modes == [False] * 10 + [True] * 2 for modes in RecordBlockModes.seen)

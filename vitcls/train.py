@@ -25,6 +25,7 @@ from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config import check_train_config, instantiate_dict_group, net_config, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
+from vitcls.data.prefix_cache import build_prefix_datamodule, first_trainable_block
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.inference.export import export_checkpoint
 from vitcls.io import write_json_atomic, write_text_atomic
@@ -127,11 +128,18 @@ def record_settings(cfg: DictConfig, trainer: L.Trainer, module: ClassifierModul
 def training_batches(
     cfg: DictConfig, datamodule: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer
 ) -> ImageFolderDataModule:
-    """The image batches, or, with `feature_cache.enabled`, the backbone's features of them."""
+    """The image batches, or, with `feature_cache.enabled`, what the frozen part of the backbone makes of them:
+    the features (frozen backbone) or the tokens entering the first trainable block (model.train_blocks=N)."""
     if not cfg.feature_cache.enabled:
         return datamodule
-    batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
-    module.expect_inputs("features")
+    if first_trainable_block(module) is None:
+        batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
+        module.expect_inputs("features")
+        return batches
+    batches, block = build_prefix_datamodule(
+        datamodule, module, trainer, cfg.feature_cache.dir, cfg.feature_cache.token_dtype
+    )
+    module.expect_inputs("tokens", block)
     return batches
 
 

@@ -88,5 +88,16 @@ class ImageClassifier(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
             return run_tap(self.backbone, images)
 
+    def tokens_before(self, images: Tensor, block: int) -> Tensor:
+        """The tokens entering `backbone.blocks[block]` (a frozen part of the backbone: no autograd)."""
+        with torch.no_grad():
+            return self.tap.tokens_before(self.backbone, images, block)
+
+    def features_from_tokens(self, tokens: Tensor, block: int) -> Tensor:
+        """`features(images)` from `tokens_before(images, block)`: runs only blocks[block:], the final norm and
+        the tap. Tokens stored in a lower precision come back to the backbone's dtype first."""
+        tokens = tokens.to(self.backbone.pos_embed.dtype)
+        return self.tap.from_tokens_before(self.backbone, tokens, block)
+
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

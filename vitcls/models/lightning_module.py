@@ -31,8 +31,9 @@ from vitcls.models.trainable import apply_trainability, count_parameters
 
 SPLITS = ("train", "val", "test")
 PROGRESS_BAR_METRICS = ("val/acc", "val/f1_macro")
-# What the batches hold: images, or the features a feature cache computed from them (vitcls.data.feature_cache).
-INPUT_KINDS = ("images", "features")
+# What the batches hold: images, the features a feature cache computed from them (vitcls.data.feature_cache), or
+# the tokens entering the first trainable block (vitcls.data.prefix_cache).
+INPUT_KINDS = ("images", "features", "tokens")
 
 
 class ClassifierModule(L.LightningModule):
@@ -53,9 +54,13 @@ class ClassifierModule(L.LightningModule):
         self.hparams.optimizer = optimizer or {"_target_": "vitcls.models.optim.create_optimizer", "_partial_": True}
         self.criterion = hydra.utils.instantiate(loss or {"_target_": "torch.nn.CrossEntropyLoss"})
         self.frozen_backbone_parts = apply_trainability(self.net.backbone, train_blocks, bitfit)
+        # Frozen parts in eval mode from the start: Lightning keeps the modules' modes as it finds them at fit
+        # start (it no longer calls .train()), so drop-path would otherwise draw and drop in frozen blocks.
+        self.train()
         if compile:
             self.net.compile_feature_tap()
         self.inputs = "images"
+        self.tokens_enter_block: int | None = None
 
         num_classes = len(self.class_names)
         metrics = classification_metrics(num_classes)
@@ -85,11 +90,15 @@ class ClassifierModule(L.LightningModule):
         # Lightning calls this before it loads the state dict: resuming or testing a vitcls 0.1 checkpoint.
         checkpoint["state_dict"] = legacy.upgrade_state_dict(checkpoint["state_dict"])
 
-    def expect_inputs(self, kind: str) -> None:
-        """`features`: the batches hold what `net.features` computes (a feature cache), not images."""
+    def expect_inputs(self, kind: str, block: int | None = None) -> None:
+        """`features`: the batches hold what `net.features` computes (a feature cache), not images;
+        `tokens`: they hold `net.tokens_before(images, block)` (a prefix cache)."""
         if kind not in INPUT_KINDS:
             raise ConfigError(f"inputs must be one of {INPUT_KINDS}, got {kind!r}")
+        if (kind == "tokens") != (block is not None):
+            raise ConfigError("inputs='tokens' needs the block the tokens enter, and only it does")
         self.inputs = kind
+        self.tokens_enter_block = block
 
     # --- the network -------------------------------------------------------------------------
     @property
@@ -110,7 +119,11 @@ class ClassifierModule(L.LightningModule):
         return self.net(images)
 
     def _logits(self, inputs: Tensor) -> Tensor:
-        return self.net.head(inputs) if self.inputs == "features" else self.net(inputs)
+        if self.inputs == "features":
+            return self.net.head(inputs)
+        if self.inputs == "tokens":
+            return self.net.head(self.net.features_from_tokens(inputs, self.tokens_enter_block))
+        return self.net(inputs)
 
     def train(self, mode: bool = True):
         super().train(mode)

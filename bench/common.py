@@ -150,10 +150,13 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": list(values)}
 
 
-def matmul_peak_gflops(device: str | torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over `repeats` timed calls, all threads."""
+def matmul_peak_gflops(
+    device: str | torch.device, dtype: torch.dtype, repeats: int = 10, n: int | None = None
+) -> float:
+    """Best GFLOP/s of an n x n matmul (default n = 2048 on CPU, 8192 on CUDA) over `repeats` timed calls,
+    all threads."""
     device = torch.device(device)
-    n = 2048 if device.type == "cpu" else 8192
+    n = n or (2048 if device.type == "cpu" else 8192)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")

@@ -4,7 +4,7 @@
 
   preset   what `trainer.precision` (${vitcls.precision:cpu}) and the Predictor's dtype="auto" choose here, and
            why (torch's CPU capability check: bf16 only with AMX)
-  matmul   2048 x 2048 matmul GFLOP/s in float32 and bfloat16
+  matmul   n x n matmul GFLOP/s in float32 and bfloat16 (n = 2048; 512 without AMX, where bf16 is very slow)
   train    images/s of vitcls train.py with trainer.precision=32-true and bf16-mixed, and of the bare fp32 loop
            (bench/train.py's variants: ViT-Tiny/16 at 224 px, batch 16), `--rounds` interleaved rounds, medians
   predict  images/s of the Predictor with dtype float32 and bfloat16 (autocast), batch 64, on decoded images
@@ -49,6 +49,7 @@ from vitcls.inference.predictor import Predictor  # noqa: E402
 from vitcls.models.classifier import ImageClassifier  # noqa: E402
 from vitcls.precision import choose_precision, cpu_has_amx_bf16, inference_precision  # noqa: E402
 
+MATMUL_N = 2048
 TARGETS = {"train_preset_vs_bare_fp32": 1.2, "predict_bf16_vs_fp32": 2.0, "acc_difference": 0.01,
            "top1_agreement": 0.995}
 
@@ -69,9 +70,9 @@ class PrecisionSize:
 
 FULL = PrecisionSize("full", train_bench.QUICK, 512, 224, 64, quality_img_size=224, quality_epochs=3,
                      quality_batch_size=16)
-# --quick: the quality runs at 64 px (16 patches) for 3 epochs, so that bf16 emulated on a CPU without AMX
-# finishes; every test image is still scored.
-QUICK = PrecisionSize("quick", train_bench.QUICK, 192, 224, 64, quality_img_size=64, quality_epochs=3,
+# --quick: the quality runs at 32 px (4 patches) for 3 epochs, so that bf16, emulated 3-4x slower than fp32 on
+# a CPU without AMX, finishes on 2 cores; every test image is still scored.
+QUICK = PrecisionSize("quick", train_bench.QUICK, 128, 224, 64, quality_img_size=32, quality_epochs=3,
                       quality_batch_size=32)
 TINY = PrecisionSize("tiny", train_bench.TINY, 8, 32, 4, quality_img_size=32, quality_epochs=1,
                      quality_batch_size=4, quality_train_per_class=4, quality_test_per_class=2)
@@ -200,9 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": preset.precision,
         "preset_reason": preset.reason,
         "predictor_auto_dtype": inference_precision("auto", "cpu").dtype,
-        "matmul_fp32_gflops": matmul_peak_gflops("cpu", torch.float32),
-        "matmul_bf16_gflops": matmul_peak_gflops("cpu", torch.bfloat16),
+        # Without AMX a 2048 x 2048 bf16 matmul takes minutes (torch's plain fallback, measured 227 s on an
+        # AVX2 EPYC): both dtypes are measured at 512 there.
+        "matmul_n": MATMUL_N if cpu_has_amx_bf16() else 512,
     }
+    results["matmul_fp32_gflops"] = matmul_peak_gflops("cpu", torch.float32, repeats=3, n=results["matmul_n"])
+    results["matmul_bf16_gflops"] = matmul_peak_gflops("cpu", torch.bfloat16, repeats=3, n=results["matmul_n"])
     with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
         work = Path(tmp)
         speed_root = subset_folder(args.data_root, work / "speed_images", size.speed.train_per_class,
@@ -243,7 +247,8 @@ def report(results: dict, size: PrecisionSize, path: Path) -> None:
     print_table(
         f"fp32 vs bf16 ({size.name}; preset here: {results['preset']}: {results['preset_reason']})",
         [
-            ("2048^2 matmul, GFLOP/s", f"{results['matmul_fp32_gflops']:.0f}", f"{results['matmul_bf16_gflops']:.0f}",
+            (f"{results['matmul_n']}^2 matmul, GFLOP/s", f"{results['matmul_fp32_gflops']:.1f}",
+             f"{results['matmul_bf16_gflops']:.1f}",
              f"{results['matmul_bf16_gflops'] / results['matmul_fp32_gflops']:.2f}x"),
             ("vitcls training, img/s", cell(train["vitcls_fp32"]), cell(train["vitcls_bf16"]),
              f"{results['train_bf16_ips'] / results['train_fp32_ips']:.2f}x"),

@@ -42,6 +42,7 @@ class LoopTimer(L.Callback):
             params=sum(p.numel() for p in pl_module.net.parameters()),
             batch_size=trainer.datamodule.hparams.batch_size,
             precision=str(trainer.precision),
+            img_size=pl_module.data_config["input_size"][-1],
         )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -408,9 +408,10 @@ SAME_WORK = ("params", "batch_size", "precision", "img_size", "train_measured_im
 
 def check_same_work(runs: dict[str, list[dict]]) -> dict:
     """Every run of every variant trained and evaluated the same model size, images, batch and precision."""
-    seen = {name: {key: run[key] for key in SAME_WORK} for name, variant in runs.items() for run in variant}
+    seen = {(name, index): {key: run[key] for key in SAME_WORK} for name, variant in runs.items()
+            for index, run in enumerate(variant)}
     reference = next(iter(seen.values()))
-    different = {name: work for name, work in seen.items() if work != reference}
+    different = {f"{name} run {index}": work for (name, index), work in seen.items() if work != reference}
     assert not different, f"variants did different work: {reference} vs {different}"
     return reference
 

@@ -50,8 +50,8 @@ def first_trainable_block(module: torch.nn.Module) -> int | None:
     start = trains.index(True) if any(trains) else len(trains)
     stem = [getattr(backbone, name) for name in STEM if hasattr(backbone, name)]
     stem_trains = any(p.requires_grad for part in stem for p in part.parameters()) or any(
-        p.requires_grad for name, p in backbone.named_parameters(recurse=False)
-    )  # pos_embed, cls_token, reg_token
+        p.requires_grad for p in backbone.parameters(recurse=False)  # pos_embed, cls_token, reg_token
+    )
     if stem_trains:
         raise ConfigError(
             "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none), or frozen first blocks "

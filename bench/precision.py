@@ -57,7 +57,7 @@ TARGETS = {"train_preset_vs_bare_fp32": 1.2, "predict_bf16_vs_fp32": 2.0, "acc_d
 @dataclass
 class PrecisionSize:
     name: str
-    speed: train_bench.Size  # the training-speed runs (bench/train.py's size of the same name)
+    speed: train_bench.Size  # the training-speed runs (bench/train.py's variants at this size)
     predict_images: int
     predict_img_size: int
     predict_batch_size: int
@@ -70,10 +70,11 @@ class PrecisionSize:
 
 FULL = PrecisionSize("full", train_bench.QUICK, 512, 224, 64, quality_img_size=224, quality_epochs=3,
                      quality_batch_size=16)
-# --quick: the quality runs at 32 px (4 patches) for 3 epochs, so that bf16, emulated 3-4x slower than fp32 on
-# a CPU without AMX, finishes on 2 cores; every test image is still scored.
-QUICK = PrecisionSize("quick", train_bench.QUICK, 128, 224, 64, quality_img_size=32, quality_epochs=3,
-                      quality_batch_size=32)
+# --quick: 2 + 4 training steps for the speed runs and quality runs at 32 px (4 patches) for 3 epochs, so that
+# bf16, emulated 3-4x slower than fp32 on a CPU without AMX, finishes on 2 shared cores; every test image is
+# still scored.
+QUICK = PrecisionSize("quick", dataclasses.replace(train_bench.QUICK, warmup_steps=2, measured_steps=4), 128, 224,
+                      64, quality_img_size=32, quality_epochs=3, quality_batch_size=32)
 TINY = PrecisionSize("tiny", train_bench.TINY, 8, 32, 4, quality_img_size=32, quality_epochs=1,
                      quality_batch_size=4, quality_train_per_class=4, quality_test_per_class=2)
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}

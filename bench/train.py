@@ -26,6 +26,7 @@ reported apart). Writes bench/results/train.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -356,6 +357,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compile", action="store_true", help="also run vitcls with model.compile=true (minutes of compilation)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved repeats of every variant (default 3; --tiny 1)")
+    parser.add_argument("--warmup-steps", type=int, help="training steps before timing (default: the size's)")
+    parser.add_argument("--measured-steps", type=int, help="timed training steps (default: the size's)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), help="default: the size's")
     parser.add_argument("--variant", choices=tuple(CHILD_VARIANTS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -365,7 +369,8 @@ def pick(args: argparse.Namespace) -> Size:
     size = GPU if args.gpu else pick_size(args, FULL, QUICK, TINY)
     if size is GPU and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
-    return size
+    changes = {"warmup_steps": args.warmup_steps, "measured_steps": args.measured_steps, "precision": args.precision}
+    return dataclasses.replace(size, **{key: value for key, value in changes.items() if value is not None})
 
 
 def run_child(args: argparse.Namespace, size: Size) -> Path:
@@ -380,7 +385,8 @@ def run_variant(name: str, args: argparse.Namespace, size: Size, root: Path, wor
     """One variant in its own process: wall time, peak memories and its timings."""
     work.mkdir(parents=True, exist_ok=True)
     if name in CHILD_VARIANTS:
-        size_args = [f"--{size.name}"] if size.name != "full" else []
+        size_args = [*([f"--{size.name}"] if size.name != "full" else []), "--warmup-steps", str(size.warmup_steps),
+                     "--measured-steps", str(size.measured_steps), "--precision", size.precision]
         result = work / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--variant", name, *size_args,
                    "--data-root", str(root), "--result", str(result)]

@@ -24,6 +24,13 @@ def machine(data: dict) -> str:
             f"{m['date']}, load average {m['load_average_1min']} at the end (shared machine)")
 
 
+def samples(data: dict) -> str:
+    counts = data["num_samples"]
+    if not isinstance(counts, dict):
+        return str(counts)
+    return " / ".join(f"{count} {split}" for split, count in counts.items()) + " images"
+
+
 def train_table(data: dict) -> str:
     names = {"hf": "HF Trainer (tutorial: map up front, 0 workers)",
              "hf_tuned": "HF Trainer, tuned (with_transform, 2 workers)",
@@ -89,7 +96,7 @@ def prefix_table(data: dict) -> str:
     size, wall = data["size"], data["wall_s"]
     lines = [
         f"`python bench/prefix_cache.py --{size['name']}`: ViT-Tiny/16 at {size['img_size']} px, "
-        f"`model.train_blocks={size['train_blocks']}`, {size['epochs']} epochs, {data['num_samples']}; "
+        f"`model.train_blocks={size['train_blocks']}`, {size['epochs']} epochs, {samples(data)}; "
         f"{machine(data)}.",
         "",
         "| run | wall s, median (min-max) | speed-up |",
@@ -116,7 +123,7 @@ def head_sweep_table(data: dict) -> str:
     size = data["size"]
     lines = [
         f"`python bench/head_sweep.py --{size['name']}`: {size['runs']} heads x {size['epochs']} epochs, "
-        f"{data['num_samples']}, decode-check memo on both sides; {machine(data)}.",
+        f"{samples(data)}, decode-check memo on both sides; {machine(data)}.",
         "",
         "| sweep | wall s | speed-up |",
         "| --- | ---: | ---: |",

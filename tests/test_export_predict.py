@@ -25,6 +25,7 @@ from vitcls.inference.predictor import Predictor
 from vitcls.metrics import METRICS
 from vitcls.models.classifier import ImageClassifier
 from vitcls.models.lightning_module import ClassifierModule
+from vitcls.precision import cpu_has_amx_bf16
 from vitcls.train import run
 
 CLASSES = {"blue": 8, "green": 8, "red": 8}
@@ -301,6 +302,8 @@ def test_cli_folder_metrics_equal_eval_py(trained, tmp_path):
     for name in METRICS:
         assert metrics["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
     assert metrics["per_class"] == report["per_class"]
+    # both in this machine's precision: bf16 autocast with AMX, float32 elsewhere
+    assert report["precision"]["dtype"] == metrics["dtype"] == ("bfloat16" if cpu_has_amx_bf16() else "float32")
     assert (output.parent / "confusion_matrix.csv").read_text() == (
         eval_dir / "test_confusion_matrix.csv"
     ).read_text()

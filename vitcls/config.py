@@ -16,6 +16,7 @@ import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.data.prefix_cache import TOKEN_DTYPES
 from vitcls.data.quality import BAD_IMAGE_POLICIES
 from vitcls.data.split import stratified_subset
 from vitcls.errors import ConfigError
@@ -182,6 +183,10 @@ def check_train_config(cfg: DictConfig) -> None:
     loss = cfg.get("loss")
     if loss is not None:
         _in_range(loss, "loss", "label_smoothing", 0.0, 1.0, closed_low=True)
+    cache = cfg.get("feature_cache")
+    if cache is not None and cache.get("enabled"):
+        token_dtype = cache.get("token_dtype", "bfloat16")
+        _require(token_dtype in TOKEN_DTYPES, "feature_cache.token_dtype", token_dtype, f"one of {list(TOKEN_DTYPES)}")
     check_adapter(cfg)
 
 

@@ -29,6 +29,7 @@ from vitcls.checkpoints import validate_resume_checkpoint
 from vitcls.config import check_train_config, in_multirun, instantiate_dict_group, net_config, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
+from vitcls.data.prefix_cache import build_prefix_datamodule, first_trainable_block
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.inference.export import export_checkpoint
 from vitcls.io import read_json, write_json_atomic, write_text_atomic
@@ -36,7 +37,7 @@ from vitcls.loggers.wandb import log_run_config, log_test_results, wandb_loggers
 from vitcls.metrics import metric_names, split_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
-from vitcls.precision import use_tensor_cores_for_float32
+from vitcls.precision import describe_precision, log_precision, use_tensor_cores_for_float32
 from vitcls.predictions import write_predictions
 from vitcls.reports import save_confusion_matrix
 from vitcls.run_dir import (
@@ -173,16 +174,25 @@ def record_settings(
             logger.log_hyperparams(params)
     computed = {"effective_batch_size": layout.effective_batch_size, "world_size": layout.world_size, **params}
     log_run_config(trainer.loggers, cfg, computed, set(module.hparams) | set(datamodule.hparams))
+    if trainer.is_global_zero:
+        log_precision(trainer.precision, trainer.strategy.root_device.type)
 
 
 def training_batches(
     cfg: DictConfig, datamodule: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer
 ) -> ImageFolderDataModule:
-    """The image batches, or, with `feature_cache.enabled`, the backbone's features of them."""
+    """The image batches, or, with `feature_cache.enabled`, what the frozen part of the backbone makes of them:
+    the features (frozen backbone) or the tokens entering the first trainable block (model.train_blocks=N)."""
     if not cfg.feature_cache.enabled:
         return datamodule
-    batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
-    module.expect_inputs("features")
+    if first_trainable_block(module) is None:
+        batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
+        module.expect_inputs("features")
+        return batches
+    batches, block = build_prefix_datamodule(
+        datamodule, module, trainer, cfg.feature_cache.dir, cfg.feature_cache.token_dtype
+    )
+    module.expect_inputs("tokens", block)
     return batches
 
 
@@ -240,6 +250,7 @@ def summarise(
         "global_steps": trainer.global_step,
         "world_size": layout.world_size,
         "effective_batch_size": layout.effective_batch_size,
+        "precision": describe_precision(trainer.precision, trainer.strategy.root_device.type),
         "batch_layout": dataclasses.asdict(layout),
         "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),

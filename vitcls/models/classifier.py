@@ -111,17 +111,33 @@ class ImageClassifier(nn.Module):
         return merged
 
     def compile_feature_tap(self) -> None:
-        """torch.compile what the backbone computes. The tap calls timm's forward_features /
+        """torch.compile what the backbone computes in training mode. The tap calls timm's forward_features /
         forward_intermediates rather than backbone.forward, so the tap is what gets compiled; it holds no
-        weights, so state_dict keys and deep copies (EMA) are unaffected."""
+        weights, so state_dict keys and deep copies (EMA) are unaffected.
+
+        Evaluation (eval mode) runs the eager tap on the same weights: a compiled inference graph measured no
+        faster than eager on CPU, and switching graphs between training and evaluation, or a ragged last
+        evaluation batch, would compile again, which cost more than a whole evaluation pass."""
         self._run_tap = torch.compile(self.tap)
 
     def features(self, images: Tensor) -> Tensor:
         """What the head consumes. A fully frozen backbone without a trainable adapter runs without autograd;
         with some blocks frozen, autograd records nothing before the first trainable parameter anyway."""
         backbone_trains = any(p.requires_grad for _, p in self.feature_parameters())
+        run_tap = self._run_tap if self.training else self.tap
         with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
-            return self._run_tap(self.backbone, images, self.prompts)
+            return run_tap(self.backbone, images, self.prompts)
+
+    def tokens_before(self, images: Tensor, block: int) -> Tensor:
+        """The tokens entering `backbone.blocks[block]` (a frozen part of the backbone: no autograd)."""
+        with torch.no_grad():
+            return self.tap.tokens_before(self.backbone, images, block)
+
+    def features_from_tokens(self, tokens: Tensor, block: int) -> Tensor:
+        """`features(images)` from `tokens_before(images, block)`: runs only blocks[block:], the final norm and
+        the tap. Tokens stored in a lower precision come back to the backbone's dtype first."""
+        tokens = tokens.to(self.backbone.pos_embed.dtype)
+        return self.tap.from_tokens_before(self.backbone, tokens, block)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

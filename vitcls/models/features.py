@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from timm.layers import global_pool_nlc
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vitcls.errors import ConfigError
@@ -82,6 +83,10 @@ class FeatureTap:
         if self.features == "last_k":
             return torch.cat([tokens[:, 0] for tokens in self._last_blocks(backbone, images, prompts)], dim=-1)
         tokens = backbone.forward_features(images) if prompts is None else prompts(backbone, images)[0]
+        return self._pool(backbone, tokens)
+
+    def _pool(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
+        """Final-norm tokens -> the pooled taps (or all tokens)."""
         if self.features == "tokens":
             return tokens
         pooled = [
@@ -106,3 +111,42 @@ class FeatureTap:
             return_prefix_tokens=True,
         )
         return [prefix for _, prefix in intermediates]
+
+    # --- the backbone split before a block: cached tokens in, the same features out ----------------
+    def check_split(self, backbone: nn.Module, start: int) -> None:
+        """Can the features be computed from the tokens entering `blocks[start]`?"""
+        if not isinstance(backbone, VisionTransformer):
+            raise ConfigError(
+                f"caching the tokens entering a block needs a timm VisionTransformer; {type(backbone).__name__} "
+                "runs its blocks its own way (set feature_cache.enabled=false)"
+            )
+        depth = len(backbone.blocks)
+        if self.features == "last_k" and depth - self.last_k < start - 1:
+            raise ConfigError(
+                f"tap.features=last_k reads the last {self.last_k} blocks, but with the tokens cached before block "
+                f"{start} only the last {depth - start + 1} are computed: set tap.last_k <= {depth - start + 1} "
+                "or train more blocks"
+            )
+
+    @staticmethod
+    def tokens_before(backbone: nn.Module, images: Tensor, start: int) -> Tensor:
+        """The tokens entering `blocks[start]`: timm's forward_features up to there."""
+        x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
+        for block in backbone.blocks[:start]:
+            x = block(x)
+        return x
+
+    def from_tokens_before(self, backbone: nn.Module, tokens: Tensor, start: int) -> Tensor:
+        """The features that `self(backbone, images)` gives, from `tokens_before(backbone, images, start)`."""
+        self.check_split(backbone, start)
+        depth = len(backbone.blocks)
+        if self.features != "last_k":
+            return self._pool(backbone, backbone.norm(backbone.blocks[start:](tokens)))
+        first = depth - self.last_k  # the first block whose output (through the final norm) is read
+        outputs = [tokens] if first == start - 1 else []
+        x = tokens
+        for index in range(start, depth):
+            x = backbone.blocks[index](x)
+            if index >= first:
+                outputs.append(x)
+        return torch.cat([backbone.norm(y)[:, 0] for y in outputs], dim=-1)

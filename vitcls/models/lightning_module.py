@@ -40,8 +40,9 @@ SPLITS = ("train", "val", "test")
 TRAIN_EPOCH_STATE = "train_epoch_metric_states"
 EVALUATION_SPLITS = ("val", "test")
 PROGRESS_BAR_METRICS = ("val/acc", "val/f1_macro")
-# What the batches hold: images, or the features a feature cache computed from them (vitcls.data.feature_cache).
-INPUT_KINDS = ("images", "features")
+# What the batches hold: images, the features a feature cache computed from them (vitcls.data.feature_cache), or
+# the tokens entering the first trainable block (vitcls.data.prefix_cache).
+INPUT_KINDS = ("images", "features", "tokens")
 
 
 class ClassifierModule(L.LightningModule):
@@ -64,9 +65,13 @@ class ClassifierModule(L.LightningModule):
         self.frozen_backbone_parts = apply_trainability(
             self.net.backbone, train_blocks, bitfit, self.net.adapter_parameters()
         )
+        # Frozen parts in eval mode from the start: Lightning keeps the modules' modes as it finds them at fit
+        # start (it no longer calls .train()), so drop-path would otherwise draw and drop in frozen blocks.
+        self.train()
         if compile:
             self.net.compile_feature_tap()
         self.inputs = "images"
+        self.tokens_enter_block: int | None = None
 
         num_classes = len(self.class_names)
         metrics = classification_metrics(num_classes)
@@ -118,11 +123,15 @@ class ClassifierModule(L.LightningModule):
     def _train_epoch_metrics(self) -> list[tuple[str, Metric]]:
         return [*self.metrics["train_split"].items(keep_base=True), ("loss", self.mean_loss["train_split"])]
 
-    def expect_inputs(self, kind: str) -> None:
-        """`features`: the batches hold what `net.features` computes (a feature cache), not images."""
+    def expect_inputs(self, kind: str, block: int | None = None) -> None:
+        """`features`: the batches hold what `net.features` computes (a feature cache), not images;
+        `tokens`: they hold `net.tokens_before(images, block)` (a prefix cache)."""
         if kind not in INPUT_KINDS:
             raise ConfigError(f"inputs must be one of {INPUT_KINDS}, got {kind!r}")
+        if (kind == "tokens") != (block is not None):
+            raise ConfigError("inputs='tokens' needs the block the tokens enter, and only it does")
         self.inputs = kind
+        self.tokens_enter_block = block
 
     # --- the network -------------------------------------------------------------------------
     @property
@@ -143,7 +152,11 @@ class ClassifierModule(L.LightningModule):
         return self.net(images)
 
     def _logits(self, inputs: Tensor) -> Tensor:
-        return self.net.head(inputs) if self.inputs == "features" else self.net(inputs)
+        if self.inputs == "features":
+            return self.net.head(inputs)
+        if self.inputs == "tokens":
+            return self.net.head(self.net.features_from_tokens(inputs, self.tokens_enter_block))
+        return self.net(inputs)
 
     def train(self, mode: bool = True):
         super().train(mode)

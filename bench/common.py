@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -96,19 +97,40 @@ def _pss(process: psutil.Process) -> int:
         return process.memory_info().rss
 
 
+# A child process names the phase it is in (e.g. "preprocess", "train") by writing it to this file; the
+# parent keeps a peak memory per phase.
+PHASE_FILE_ENV = "VITCLS_BENCH_PHASE_FILE"
+
+
+def mark_phase(name: str) -> None:
+    """In a measured child process: memory sampled from now on counts towards phase `name`."""
+    path = os.environ.get(PHASE_FILE_ENV)
+    if path:
+        Path(path).write_text(name)
+
+
 def run_measured(command: list[str], log_path: Path, env: dict | None = None, poll_s: float = 0.5) -> dict:
-    """Run `command`; return its wall time and peak memory (PSS summed over it and its worker processes)."""
+    """Run `command`; return its wall time, its peak memory (PSS summed over it and its worker processes)
+    and the peak of each phase the child marked with `mark_phase` (`peak_mem_mb_by_phase`)."""
     started = time.perf_counter()
-    peak = 0
+    phase_file = log_path.with_suffix(".phase")
+    phase_file.write_text("setup")
+    peaks: dict[str, int] = {}
     with open(log_path, "w") as log:
         process = psutil.Popen(
-            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {}), PHASE_FILE_ENV: str(phase_file)},
         )
         while process.poll() is None:
             try:
                 tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(_pss(p) for p in tree))
-            except psutil.Error:
+                used = sum(_pss(p) for p in tree)
+                phase = phase_file.read_text().strip() or "setup"
+                peaks[phase] = max(peaks.get(phase, 0), used)
+            except (psutil.Error, OSError):
                 pass  # a worker ended between listing and reading
             time.sleep(poll_s)
     if process.returncode != 0:
@@ -116,13 +138,25 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None, po
             f"{' '.join(command[:3])}... failed (exit {process.returncode}); see {log_path}:\n"
             + log_path.read_text()[-3000:]
         )
-    return {"wall_s": round(time.perf_counter() - started, 2), "peak_mem_mb": round(peak / 2**20, 1)}
+    return {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "peak_mem_mb": round(max(peaks.values(), default=0) / 2**20, 1),
+        "peak_mem_mb_by_phase": {phase: round(peak / 2**20, 1) for phase, peak in peaks.items()},
+    }
 
 
-def matmul_peak_gflops(device: str | torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over `repeats` timed calls, all threads."""
+def spread(values: list[float]) -> dict[str, float]:
+    """min, median and max of repeated measurements (and the values, in the order they were taken)."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": list(values)}
+
+
+def matmul_peak_gflops(
+    device: str | torch.device, dtype: torch.dtype, repeats: int = 10, n: int | None = None
+) -> float:
+    """Best GFLOP/s of an n x n matmul (default n = 2048 on CPU, 8192 on CUDA) over `repeats` timed calls,
+    all threads."""
     device = torch.device(device)
-    n = 2048 if device.type == "cpu" else 8192
+    n = n or (2048 if device.type == "cpu" else 8192)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")

@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, help="default: 600, --quick 96, --tiny 8")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (pipeline, predictor, bare)")
+    parser.add_argument(
+        "--dtype", default="float32", help="float32 or bfloat16 (pipeline: model cast; predictor, bare: autocast)"
+    )
     parser.add_argument(
         "--images", type=Path, default=FRUITS_TEST, help="folder of photos (default: Fruits-360 test)"
     )
@@ -192,20 +194,24 @@ def main(argv=None) -> dict:
 
         pipe = hf_equivalent(module, data_config, args.device, dtype)
         predictor = Predictor.from_pretrained(export_dir, device=args.device, dtype=dtype)
-        model = module.to(device=args.device, dtype=dtype)
+        # Like the Predictor: float32 weights, bfloat16/float16 as autocast.
+        model = module.to(device=args.device)
         transform = build_eval_transform(data_config)
-        tensors = torch.stack([transform(x) for x in images]).to(args.device, dtype)
+        tensors = torch.stack([transform(x) for x in images]).to(args.device)
+        autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32)
 
         @torch.inference_mode()
         def bare(xs):
             for start in range(0, len(xs), args.batch_size):
                 batch = torch.stack([transform(x) for x in xs[start : start + args.batch_size]])
-                model(batch.to(args.device, dtype)).float().cpu()
+                with autocast:
+                    model(batch.to(args.device)).float().cpu()
 
         @torch.inference_mode()
         def forward(xs):
             for start in range(0, len(xs), args.batch_size):
-                model(xs[start : start + args.batch_size])
+                with autocast:
+                    model(xs[start : start + args.batch_size])
 
         methods = {
             "pipeline": (lambda xs: [pipe(x, top_k=5) for x in xs], images),
@@ -221,7 +227,7 @@ def main(argv=None) -> dict:
             {f"{name}_ips": ips for name, ips in measure(methods, args.batch_size, args.repeats).items()}
         )
         results["matmul_peak_gflops"] = matmul_peak_gflops(args.device, dtype)
-        results["gflop_per_image"] = gflop_per_image(model, data_config["input_size"], args.device, dtype)
+        results["gflop_per_image"] = gflop_per_image(model, data_config["input_size"], args.device, torch.float32)
 
     peak = results["matmul_peak_gflops"]
     results["peak_fraction"] = {

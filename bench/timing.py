@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 
+from bench.common import mark_phase
 from vitcls.io import write_json_atomic
 
 
@@ -21,7 +22,9 @@ class LoopTimer(L.Callback):
       to the end of the last batch (so it includes waiting for data and the loop's own overhead);
     - data wait: time between the end of one training batch and the start of the next (Lightning
       fetches the next batch there), as a fraction of that same span;
-    - test images/s: the same over the test loop (eval mode, no gradients).
+    - test images/s: the same over the test loop (eval mode, no gradients);
+    - what was run: parameter count, batch size, precision, images measured (for checks of same work).
+    The run enters the "train" memory phase (`bench.common.mark_phase`) when training starts.
     """
 
     def __init__(self, output: str, warmup: int = 3):
@@ -32,6 +35,15 @@ class LoopTimer(L.Callback):
         self._test: dict = {"images": 0, "batches": 0}
         self._last_end: float | None = None
         self._start: float | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        mark_phase("train")
+        self.results.update(
+            params=sum(p.numel() for p in pl_module.net.parameters()),
+            batch_size=trainer.datamodule.hparams.batch_size,
+            precision=str(trainer.precision),
+            img_size=pl_module.data_config["input_size"][-1],
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
@@ -66,6 +78,7 @@ class LoopTimer(L.Callback):
             self.results.update(
                 train_ips=self._train["images"] / span,
                 train_measured_steps=self._train["batches"] - self.warmup,
+                train_measured_images=self._train["images"],
                 data_wait_s=self._train["wait_s"],
                 data_wait_fraction=self._train["wait_s"] / span,
                 step_s=span / (self._train["batches"] - self.warmup),
@@ -76,6 +89,8 @@ class LoopTimer(L.Callback):
         span = self._test.get("span_s")
         if span:
             self.results.update(
-                eval_ips=self._test["images"] / span, eval_measured_batches=self._test["batches"] - 1
+                eval_ips=self._test["images"] / span,
+                eval_measured_batches=self._test["batches"] - 1,
+                eval_measured_images=self._test["images"],
             )
         write_json_atomic(self.output, self.results)

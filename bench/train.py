@@ -1,22 +1,33 @@
-"""Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a bare loop.
+"""Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a tuned HF vs a bare loop.
 
-    python bench/train.py [--quick | --tiny | --gpu] [--compile] [--vitcls-override KEY=VALUE ...]
+    python bench/train.py [--quick | --tiny | --gpu] [--compile] [--rounds N] [--vitcls-override KEY=VALUE ...]
 
 Same model shape (ViT-Tiny/16, randomly initialised), images (Fruits-360 subset), batch size and
-precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in three variants, each in its own process (so peak memories are separate):
-  hf      the tutorial's approach: `datasets` imagefolder + `dataset.map(ViTImageProcessor)` up front,
-          `ViTForImageClassification` from a `ViTConfig`, `transformers.Trainer`
-  bare    a plain PyTorch loop over the timm model, images decoded in 2 DataLoader workers
-  vitcls  `python train.py` as a user runs it, timed by bench.timing.LoopTimer
+precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in every variant, each in its own process
+(so peak memories are separate):
+  hf        the tutorial's approach: `datasets` imagefolder + `dataset.map(ViTImageProcessor)` up front,
+            `ViTForImageClassification` from a `ViTConfig`, `transformers.Trainer`, 0 dataloader workers
+  hf_tuned  what a user who knows HF would do: the processor applied on the fly (`with_transform`) in
+            2 dataloader workers, no preprocessing pass, same Trainer
+  bare      a plain PyTorch loop over the timm model, images decoded in 2 DataLoader workers
+  vitcls    `python train.py` as a user runs it, timed by bench.timing.LoopTimer
   vitcls_compile  (--compile) the same with model.compile=true (torch.compile, Inductor; the
-          compilation happens in the warm-up steps and the first test batch, outside the timings)
-Images/s are steady state (after warm-up steps). FLOP utilisation = 3 x forward FLOPs (torch's
-FlopCounterMode) x images/s / a measured matmul peak of the same precision. Writes bench/results/train.json.
+            compilation happens in the warm-up steps, outside the timings)
+Every variant runs `--rounds` times (3), interleaved (each round runs all variants, in a rotated order), so
+that load changes on a shared machine hit all of them; min/median/max are reported, ratios on the medians.
+The bench checks that every variant ran the same work (parameter count, images measured, batch size,
+precision, image size) before it reports. Images/s are steady state: training after the warm-up steps,
+evaluation after the first batch (loader start and first batch excluded for all variants). FLOP utilisation =
+3 x forward FLOPs (torch's FlopCounterMode) x images/s / a measured matmul peak of the same precision.
+Memory: the peak PSS of each variant's whole run, and of its training phase alone (HF's preprocessing pass is
+reported apart). Writes bench/results/train.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -33,11 +44,13 @@ from bench.common import (  # noqa: E402
     Size,
     add_size_arguments,
     device,
+    mark_phase,
     matmul_peak_gflops,
     pick_size,
     print_table,
     read_json,
     run_measured,
+    spread,
     subset_folder,
     write_results,
 )
@@ -92,52 +105,50 @@ class StepClock:
             torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
 
+    def measured_images(self) -> int:
+        return (len(self.ends) - self.warmup) * self.batch_size
+
     def images_per_second(self) -> float:
         measured = self.ends[self.warmup - 1 :]
-        return (len(measured) - 1) * self.batch_size / (measured[-1] - measured[0])
+        return self.measured_images() / (measured[-1] - measured[0])
 
 
-def run_hf(root: Path, size: Size, work: Path) -> dict:
-    """The tutorial: map the whole dataset through the image processor, then transformers.Trainer."""
-    from datasets import load_dataset
-    from transformers import (
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        ViTConfig,
-        ViTForImageClassification,
-        ViTImageProcessor,
+def hf_model(size: Size, num_labels: int):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(SEED)
+    config = ViTConfig(
+        **HF_VIT_CONFIGS[size.model], **HF_VIT_COMMON, image_size=size.img_size, num_labels=num_labels
     )
+    return ViTForImageClassification(config)
 
-    started = time.perf_counter()
-    dataset = load_dataset("imagefolder", data_dir=str(root), cache_dir=str(work / "hf_cache"))
-    split = dataset["train"].train_test_split(test_size=0.2, seed=SEED)
-    processor = ViTImageProcessor(
+
+def hf_processor(size: Size):
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
         size={"height": size.img_size, "width": size.img_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
 
-    def preprocess(batch):
-        batch["pixel_values"] = processor([image.convert("RGB") for image in batch["image"]])["pixel_values"]
-        return batch
 
-    prepared = {
-        name: ds.map(preprocess, batched=True, remove_columns=["image"])
-        for name, ds in (("train", split["train"]), ("test", dataset["test"]))
-    }
-    map_s = time.perf_counter() - started
-    cache_mb = sum(f.stat().st_size for f in (work / "hf_cache").rglob("*") if f.is_file()) / 2**20
+def run_hf_trainer(
+    model, size: Size, work: Path, train_dataset, test_dataset, training_arguments: dict | None = None, **trainer_kwargs
+) -> dict:
+    """transformers.Trainer: train `max_steps`, then evaluate; images/s of both, timed like the other variants
+    (training after the warm-up steps, evaluation after its first batch)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    labels = dataset["train"].features["label"].names
-    torch.manual_seed(SEED)
-    config = ViTConfig(
-        **HF_VIT_CONFIGS[size.model], **HF_VIT_COMMON, image_size=size.img_size, num_labels=len(labels)
-    )
-    model = ViTForImageClassification(config)
     clock = StepClock(size.warmup_steps, size.batch_size)
+    eval_ends: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             clock.tick()
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            if device().type == "cuda":
+                torch.cuda.synchronize()
+            eval_ends.append(time.perf_counter())
 
     arguments = TrainingArguments(
         output_dir=str(work / "hf_out"),
@@ -154,18 +165,92 @@ def run_hf(root: Path, size: Size, work: Path) -> dict:
         use_cpu=device().type == "cpu",
         bf16=size.precision == "bf16-mixed",
         disable_tqdm=True,
+        **(training_arguments or {}),
     )
-    trainer = Trainer(model=model, args=arguments, train_dataset=prepared["train"], callbacks=[Clock()])
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=train_dataset, callbacks=[Clock()], **trainer_kwargs
+    )
+    mark_phase("train")
     trainer.train()
-    test = prepared["test"].select(
-        range(min(len(prepared["test"]), size.batch_size * (size.measured_steps + 1)))
-    )
-    metrics = trainer.evaluate(eval_dataset=test)
+    mark_phase("eval")
+    trainer.evaluate(eval_dataset=test_dataset)
     return {
         "train_ips": clock.images_per_second(),
-        "eval_ips": len(test) / metrics["eval_runtime"],
-        "preprocess_s": map_s,
-        "preprocess_cache_mb": cache_mb,
+        "eval_ips": (len(test_dataset) - size.batch_size) / (eval_ends[-1] - eval_ends[0]),
+        **same_work(model, size, measured_images=clock.measured_images(), eval_images=len(test_dataset) - size.batch_size),
+    }
+
+
+def hf_splits(root: Path, work: Path):
+    from datasets import load_dataset
+
+    dataset = load_dataset("imagefolder", data_dir=str(root), cache_dir=str(work / "hf_cache"))
+    split = dataset["train"].train_test_split(test_size=0.2, seed=SEED)
+    return dataset, split["train"], dataset["test"]
+
+
+def eval_subset(dataset, size: Size):
+    """The images every variant evaluates: the first batch (not timed) and `measured_steps` more."""
+    return dataset.select(range(min(len(dataset), size.batch_size * (size.measured_steps + 1))))
+
+
+def run_hf(root: Path, size: Size, work: Path) -> dict:
+    """The tutorial: map the whole dataset through the image processor, then transformers.Trainer."""
+    mark_phase("preprocess")
+    started = time.perf_counter()
+    dataset, train, test = hf_splits(root, work)
+    processor = hf_processor(size)
+
+    def preprocess(batch):
+        batch["pixel_values"] = processor([image.convert("RGB") for image in batch["image"]])["pixel_values"]
+        return batch
+
+    prepared = {
+        name: ds.map(preprocess, batched=True, remove_columns=["image"]) for name, ds in (("train", train), ("test", test))
+    }
+    map_s = time.perf_counter() - started
+    cache_mb = sum(f.stat().st_size for f in (work / "hf_cache").rglob("*") if f.is_file()) / 2**20
+    model = hf_model(size, len(dataset["train"].features["label"].names))
+    results = run_hf_trainer(model, size, work, prepared["train"], eval_subset(prepared["test"], size))
+    return {**results, "preprocess_s": map_s, "preprocess_cache_mb": cache_mb}
+
+
+def run_hf_tuned(root: Path, size: Size, work: Path) -> dict:
+    """HF done well: the processor runs on the fly in 2 dataloader workers (`with_transform`), tensors out."""
+    dataset, train, test = hf_splits(root, work)
+    processor = hf_processor(size)
+
+    def to_tensors(batch):
+        pixels = processor([image.convert("RGB") for image in batch["image"]], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": batch["label"]}
+
+    def collate(examples):
+        return {
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e["labels"] for e in examples]),
+        }
+
+    model = hf_model(size, len(dataset["train"].features["label"].names))
+    return run_hf_trainer(
+        model,
+        size,
+        work,
+        train.with_transform(to_tensors),
+        eval_subset(test, size).with_transform(to_tensors),
+        data_collator=collate,
+        training_arguments={"dataloader_num_workers": 2, "remove_unused_columns": False},
+    )
+
+
+def same_work(model: torch.nn.Module, size: Size, measured_images: int, eval_images: int) -> dict:
+    """What must be equal across variants for their images/s to compare."""
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch_size": size.batch_size,
+        "precision": size.precision,
+        "img_size": size.img_size,
+        "train_measured_images": measured_images,
+        "eval_measured_images": eval_images,
     }
 
 
@@ -197,6 +282,7 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01)
     clock = StepClock(size.warmup_steps, size.batch_size)
     steps = size.warmup_steps + size.measured_steps
+    mark_phase("train")
     model.train()
     while len(clock.ends) < steps:
         for images, targets in loader:
@@ -212,6 +298,7 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
 
     test = ImageFolder(str(root / "test"), transform=transform)
     test = torch.utils.data.Subset(test, range(min(len(test), size.batch_size * (size.measured_steps + 1))))
+    mark_phase("eval")
     model.eval()
     ends = []
     with torch.inference_mode(), autocast(size):
@@ -221,7 +308,14 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
             model(images.to(device(), non_blocking=pin)).argmax(dim=1).cpu()
             ends.append(time.perf_counter())
     eval_ips = (len(test) - size.batch_size) / (ends[-1] - ends[0])  # after the first batch
-    return {"train_ips": clock.images_per_second(), "eval_ips": eval_ips}
+    return {
+        "train_ips": clock.images_per_second(),
+        "eval_ips": eval_ips,
+        **same_work(model, size, clock.measured_images(), len(test) - size.batch_size),
+    }
+
+
+CHILD_VARIANTS = {"hf": run_hf, "hf_tuned": run_hf_tuned, "bare": run_bare}
 
 
 def vitcls_command(root: Path, size: Size, work: Path, overrides: list[str]) -> list[str]:
@@ -248,18 +342,6 @@ def vitcls_command(root: Path, size: Size, work: Path, overrides: list[str]) -> 
     ]
 
 
-def compiled_results(runs: dict, bare: dict) -> dict:
-    compiled = runs.get("vitcls_compile")
-    if compiled is None:
-        return {}
-    return {
-        "vitcls_compile_ips": compiled["train_ips"],
-        "vitcls_compile_eval_ips": compiled["eval_ips"],
-        "vitcls_compile_vs_bare": compiled["train_ips"] / bare["train_ips"],
-        "vitcls_compile_eval_vs_bare": compiled["eval_ips"] / bare["eval_ips"],
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_arguments(parser)
@@ -274,7 +356,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="also run vitcls with model.compile=true (minutes of compilation)"
     )
-    parser.add_argument("--variant", choices=("hf", "bare"), help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--rounds", type=int, help="interleaved repeats of every variant (default 3; --tiny 1)")
+    parser.add_argument("--warmup-steps", type=int, help="training steps before timing (default: the size's)")
+    parser.add_argument("--measured-steps", type=int, help="timed training steps (default: the size's)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), help="default: the size's")
+    parser.add_argument("--variant", choices=tuple(CHILD_VARIANTS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -283,7 +369,8 @@ def pick(args: argparse.Namespace) -> Size:
     size = GPU if args.gpu else pick_size(args, FULL, QUICK, TINY)
     if size is GPU and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
-    return size
+    changes = {"warmup_steps": args.warmup_steps, "measured_steps": args.measured_steps, "precision": args.precision}
+    return dataclasses.replace(size, **{key: value for key, value in changes.items() if value is not None})
 
 
 def run_child(args: argparse.Namespace, size: Size) -> Path:
@@ -291,74 +378,134 @@ def run_child(args: argparse.Namespace, size: Size) -> Path:
     from vitcls.io import write_json_atomic
 
     with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as work:
-        measure = run_hf if args.variant == "hf" else run_bare
-        return write_json_atomic(args.result, measure(args.data_root, size, Path(work)))
+        return write_json_atomic(args.result, CHILD_VARIANTS[args.variant](args.data_root, size, Path(work)))
 
 
-def run_variants(args: argparse.Namespace, size: Size, root: Path, work: Path) -> dict[str, dict]:
-    """Every variant in its own process, one after the other: wall time, peak memory and its timings."""
-    size_args = [f"--{size.name}"] if size.name != "full" else []
-    runs = {}
-    for variant in ("hf", "bare"):
-        result = work / f"{variant}.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, *size_args,
+def run_variant(name: str, args: argparse.Namespace, size: Size, root: Path, work: Path) -> dict:
+    """One variant in its own process: wall time, peak memories and its timings."""
+    work.mkdir(parents=True, exist_ok=True)
+    if name in CHILD_VARIANTS:
+        size_args = [*([f"--{size.name}"] if size.name != "full" else []), "--warmup-steps", str(size.warmup_steps),
+                     "--measured-steps", str(size.measured_steps), "--precision", size.precision]
+        result = work / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--variant", name, *size_args,
                    "--data-root", str(root), "--result", str(result)]
-        runs[variant] = {**run_measured(command, work / f"{variant}.log"), **read_json(result)}
-    variants = {"vitcls": args.vitcls_override}
-    if args.compile:
-        variants["vitcls_compile"] = [*args.vitcls_override, "model.compile=true"]
-    for name, overrides in variants.items():
-        command = vitcls_command(root, size, work / name, overrides)
-        runs[name] = {**run_measured(command, work / f"{name}.log"), **read_json(work / name / "vitcls.json")}
+    else:
+        overrides = [*args.vitcls_override, *(["model.compile=true"] if name == "vitcls_compile" else [])]
+        command = vitcls_command(root, size, work, overrides)
+        result = work / "vitcls.json"
+    return {**run_measured(command, work / f"{name}.log"), **read_json(result)}
+
+
+def run_rounds(args: argparse.Namespace, size: Size, root: Path, work: Path) -> dict[str, list[dict]]:
+    """Every variant `rounds` times, interleaved; round r starts at variant r (rotated order)."""
+    names = ["hf", "hf_tuned", "bare", "vitcls", *(["vitcls_compile"] if args.compile else [])]
+    rounds = args.rounds or (1 if size.name == "tiny" else 3)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            print(f"round {index + 1}/{rounds}: {name}", flush=True)
+            runs[name].append(run_variant(name, args, size, root, work / f"{name}_{index}"))
     return runs
 
 
-def summarise(runs: dict[str, dict], peak: float, gflops: float, overrides: list[str]) -> dict:
-    hf, bare, ours = runs["hf"], runs["bare"], runs["vitcls"]
-    return {
-        "hf_trainer_ips": hf["train_ips"],
-        "bare_ips": bare["train_ips"],
-        "vitcls_ips": ours["train_ips"],
-        "hf_eval_ips": hf["eval_ips"],
-        "bare_eval_ips": bare["eval_ips"],
-        "vitcls_eval_ips": ours["eval_ips"],
-        "vitcls_vs_hf": ours["train_ips"] / hf["train_ips"],
-        "vitcls_vs_bare": ours["train_ips"] / bare["train_ips"],
-        "vitcls_eval_vs_hf": ours["eval_ips"] / hf["eval_ips"],
+SAME_WORK = ("params", "batch_size", "precision", "img_size", "train_measured_images", "eval_measured_images")
+
+
+def check_same_work(runs: dict[str, list[dict]]) -> dict:
+    """Every run of every variant trained and evaluated the same model size, images, batch and precision."""
+    seen = {(name, index): {key: run[key] for key in SAME_WORK} for name, variant in runs.items()
+            for index, run in enumerate(variant)}
+    reference = next(iter(seen.values()))
+    different = {f"{name} run {index}": work for (name, index), work in seen.items() if work != reference}
+    assert not different, f"variants did different work: {reference} vs {different}"
+    return reference
+
+
+def summarise(runs: dict[str, list[dict]], peak: float, gflops: float, overrides: list[str]) -> dict:
+    """Medians (ratios are of medians), min/median/max per variant, memory by phase, and every run."""
+    work = check_same_work(runs)
+    stats = {
+        name: {
+            "train_ips": spread([r["train_ips"] for r in variant]),
+            "eval_ips": spread([r["eval_ips"] for r in variant]),
+            "peak_mem_mb": spread([r["peak_mem_mb"] for r in variant]),
+            "train_peak_mem_mb": spread([r["peak_mem_mb_by_phase"].get("train", 0.0) for r in variant]),
+        }
+        for name, variant in runs.items()
+    }
+    train = {name: s["train_ips"]["median"] for name, s in stats.items()}
+    evaluation = {name: s["eval_ips"]["median"] for name, s in stats.items()}
+    hf_runs = runs["hf"]
+    results = {
+        "rounds": len(hf_runs),
+        "same_work": work,
+        "hf_trainer_ips": train["hf"],
+        "hf_tuned_ips": train["hf_tuned"],
+        "bare_ips": train["bare"],
+        "vitcls_ips": train["vitcls"],
+        "hf_eval_ips": evaluation["hf"],
+        "hf_tuned_eval_ips": evaluation["hf_tuned"],
+        "bare_eval_ips": evaluation["bare"],
+        "vitcls_eval_ips": evaluation["vitcls"],
+        "vitcls_vs_hf": train["vitcls"] / train["hf"],
+        "vitcls_vs_hf_tuned": train["vitcls"] / train["hf_tuned"],
+        "vitcls_vs_bare": train["vitcls"] / train["bare"],
+        "vitcls_eval_vs_hf": evaluation["vitcls"] / evaluation["hf"],
+        "vitcls_eval_vs_hf_tuned": evaluation["vitcls"] / evaluation["hf_tuned"],
+        "vitcls_eval_vs_bare": evaluation["vitcls"] / evaluation["bare"],
         "matmul_peak_gflops": peak,
         "forward_gflops_per_image": gflops,
-        "vitcls_flops_utilisation": 3 * gflops * ours["train_ips"] / peak,
-        "bare_flops_utilisation": 3 * gflops * bare["train_ips"] / peak,
-        "hf_preprocess_s": hf["preprocess_s"],
-        "hf_preprocess_cache_mb": hf["preprocess_cache_mb"],
-        "peak_mem_mb": {name: run["peak_mem_mb"] for name, run in runs.items()},
-        "vitcls_data_wait_fraction": ours.get("data_wait_fraction"),
+        "vitcls_flops_utilisation": 3 * gflops * train["vitcls"] / peak,
+        "bare_flops_utilisation": 3 * gflops * train["bare"] / peak,
+        "hf_preprocess_s": statistics.median(r["preprocess_s"] for r in hf_runs),
+        "hf_preprocess_cache_mb": statistics.median(r["preprocess_cache_mb"] for r in hf_runs),
+        "hf_preprocess_peak_mem_mb": statistics.median(r["peak_mem_mb_by_phase"].get("preprocess", 0.0) for r in hf_runs),
+        "peak_mem_mb": {name: s["peak_mem_mb"]["median"] for name, s in stats.items()},
+        "train_peak_mem_mb": {name: s["train_peak_mem_mb"]["median"] for name, s in stats.items()},
+        "vitcls_data_wait_fraction": statistics.median(r.get("data_wait_fraction", 0.0) for r in runs["vitcls"]),
         "vitcls_overrides": overrides,
-        **compiled_results(runs, bare),
+        "stats": stats,
         "runs": runs,
     }
+    if "vitcls_compile" in train:
+        results.update(
+            vitcls_compile_ips=train["vitcls_compile"],
+            vitcls_compile_eval_ips=evaluation["vitcls_compile"],
+            vitcls_compile_vs_bare=train["vitcls_compile"] / train["bare"],
+            vitcls_compile_vs_vitcls=train["vitcls_compile"] / train["vitcls"],
+            vitcls_compile_eval_vs_vitcls=evaluation["vitcls_compile"] / evaluation["vitcls"],
+        )
+    return results
 
 
 def report(results: dict, size: Size, path: Path) -> None:
-    peak, gflops, runs = results["matmul_peak_gflops"], results["forward_gflops_per_image"], results["runs"]
+    peak, gflops, stats = results["matmul_peak_gflops"], results["forward_gflops_per_image"], results["stats"]
+
+    def ips(s: dict) -> str:
+        return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+
     print_table(
-        f"training, {size.model} at {size.img_size}px, batch {size.batch_size}, {size.precision} ({size.name})",
+        f"training, {size.model} at {size.img_size}px, batch {size.batch_size}, {size.precision} ({size.name}, "
+        f"{results['rounds']} interleaved rounds: median (min-max))",
         [
             (
                 name,
-                f"{run['train_ips']:.1f}",
-                f"{run['eval_ips']:.1f}",
-                f"{run['peak_mem_mb']:.0f}",
-                f"{3 * gflops * run['train_ips'] / peak:.0%}",
+                ips(s["train_ips"]),
+                ips(s["eval_ips"]),
+                f"{s['peak_mem_mb']['median']:.0f}",
+                f"{s['train_peak_mem_mb']['median']:.0f}",
+                f"{3 * gflops * s['train_ips']['median'] / peak:.0%}",
             )
-            for name, run in runs.items()
+            for name, s in stats.items()
         ],
-        ("variant", "train img/s", "eval img/s", "peak mem MB (PSS)", "FLOP util."),
+        ("variant", "train img/s", "eval img/s", "peak mem MB", "training-phase peak MB", "FLOP util."),
     )
     print(
-        f"vitcls/hf {results['vitcls_vs_hf']:.2f}x, vitcls/bare {results['vitcls_vs_bare']:.2f}x, "
-        f"eval vitcls/hf {results['vitcls_eval_vs_hf']:.2f}x; matmul peak {peak:.0f} GFLOP/s; "
-        f"hf preprocessing {results['hf_preprocess_s']:.1f} s, {results['hf_preprocess_cache_mb']:.0f} MB cache"
+        f"vitcls/hf {results['vitcls_vs_hf']:.2f}x, vitcls/hf tuned {results['vitcls_vs_hf_tuned']:.2f}x, "
+        f"vitcls/bare {results['vitcls_vs_bare']:.2f}x, eval vitcls/hf {results['vitcls_eval_vs_hf']:.2f}x; "
+        f"matmul peak {peak:.0f} GFLOP/s; hf preprocessing {results['hf_preprocess_s']:.1f} s, "
+        f"{results['hf_preprocess_cache_mb']:.0f} MB cache, {results['hf_preprocess_peak_mem_mb']:.0f} MB peak"
         f"\n-> {path}"
     )
 
@@ -374,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
         root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
         peak = matmul_peak_gflops(device(), precision_dtype(size))
         gflops = forward_gflops_per_image(size)
-        runs = run_variants(args, size, root, work)
+        runs = run_rounds(args, size, root, work)
     results = summarise(runs, peak, gflops, args.vitcls_override)
     report(results, size, write_results("train", args.out, size, results))
     return results

@@ -47,7 +47,8 @@ def make_job(sweep: Path, name: str, overrides: list[str], splits: dict[str, tup
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- '{o}'\n" for o in overrides))
     if splits is not None:
         summary = {"class_names": CLASSES, "epochs_trained": 2, "wall_time_s": 10.0,
-                   "params": {"total": 1000, "trainable": 100}, "monitor": "val/f1_macro"}
+                   "params": {"total": 1000, "trainable": 100}, "monitor": "val/f1_macro",
+                   "best_ckpt": "checkpoints/epoch_001.ckpt"}
         for split, (true, pred) in splits.items():
             probabilities = predictions_with(true, pred, len(CLASSES))
             write_predictions(job / f"{split}_predictions.csv", images(split, true), probabilities, CLASSES)

@@ -236,6 +236,31 @@ def test_csv_json_and_markdown_hold_the_same_numbers(tmp_path, labels):
         assert chart.width > 300 and chart.height > 200
 
 
+def test_a_finished_job_is_never_failed_and_one_without_a_best_checkpoint_is_flagged_not_ranked(tmp_path, labels):
+    val, test = labels
+    rng = np.random.default_rng(2)
+
+    def splits(accuracy):
+        return {"val": (val, noisy(val, accuracy, rng)), "test": (test, noisy(test, accuracy, rng))}
+
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", ["data.root=/photos", "head=linear"], splits(0.8))
+    # finished, then refused by a re-run that wrote FAILED.json beside its summary (older vitcls did)
+    make_job(sweep, "1", ["data.root=/photos", "head=mlp"], splits(0.7),
+             failure={"error_type": "ConfigError", "message": "already holds a run"})
+    # tested on its last weights: its validation never ran, whatever its scores. (Named as a resumed sweep
+    # names a job that never ran when its number is another job's directory.)
+    make_job(sweep, "1_1", ["data.root=/photos", "head=cosine"], splits(0.95), extra_summary={"best_ckpt": None})
+    compare(sweep)
+    jobs = read_rows(sweep / "compare_jobs.csv")
+    assert [(j["job"], j["status"]) for j in jobs] == [("0", "ok"), ("1", "ok"), ("1_1", "no best checkpoint")]
+    assert jobs[-1]["rank"] == "" and jobs[-1]["test/acc"]  # shown, not ranked
+    designs = by_design(sweep / "compare.csv")
+    assert [designs[d]["rank"] for d in ("head=linear", "head=mlp", "head=cosine")] == ["1", "2", ""]
+    unfinished = json.loads((sweep / "compare.json").read_text())["unfinished"]
+    assert [(u["job"], u["status"]) for u in unfinished] == [("1_1", "no best checkpoint")]
+
+
 def test_without_predictions_the_intervals_come_from_the_seeds(tmp_path, labels):
     sweep = seed_sweep(tmp_path / "sweep", labels, {"linear": (0.7, 0.7), "mlp": (0.75, 0.75)})
     for path in sweep.glob("*/*_predictions.csv"):

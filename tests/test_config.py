@@ -71,7 +71,8 @@ def test_callbacks_loggers_and_trainer_instantiate(tmp_path):
     cfg = compose_config("train", ["data.root=/x", f"paths.output_dir={tmp_path}", "logger=tensorboard"])
     callbacks = instantiate_dict_group(cfg.callbacks)
     assert {type(c).__name__ for c in callbacks} == {
-        "ModelCheckpoint", "LearningRateMonitor", "InterruptedCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard"}
+        "ModelCheckpoint", "LearningRateMonitor", "InterruptedCheckpoint", "RestoreRNGStates", "NonFiniteLossGuard",
+        "TrainCost", "StopOnCtrlC"}
     cfg.logger.tensorboard = None  # tensorboard is an optional extra
     loggers = instantiate_dict_group(cfg.logger)
     assert [type(lg).__name__ for lg in loggers] == ["ResumableCSVLogger"]
@@ -116,16 +117,17 @@ def test_distributed_trainer_presets(monkeypatch):
     monkeypatch.setenv("VITCLS_NUM_NODES", "2")
     assert compose_config("train", ["data.root=/x", "trainer=ddp_multinode"]).trainer.num_nodes == 2
     cpu = compose_config("train", ["data.root=/x", "trainer=ddp_cpu"]).trainer
-    assert (cpu.accelerator, cpu.devices, cpu.strategy, cpu.precision) == ("cpu", 2, "ddp", "32-true")
+    assert (cpu.accelerator, cpu.devices, cpu.strategy) == ("cpu", 2, "ddp")
 
 
 def test_precision_preset_follows_the_hardware():
     import torch
 
-    from vitcls.precision import precision_preset
+    from vitcls.precision import cpu_has_amx_bf16, precision_preset
 
-    assert precision_preset("cpu") == "32-true"
-    expected = "32-true"
+    cpu_expected = "bf16-mixed" if cpu_has_amx_bf16() else "32-true"
+    assert precision_preset("cpu") == cpu_expected
+    expected = cpu_expected
     if torch.cuda.is_available():
         expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     assert precision_preset("auto") == expected

@@ -79,6 +79,7 @@ def test_a_used_run_directory_is_not_overwritten(image_folder_factory, tmp_path)
     assert (run_dir / "summary.json").read_text() == "{}"
     summary = run(compose_config("train", [*args, "overwrite=true"]))
     assert json.loads((run_dir / "summary.json").read_text())["global_steps"] == summary["global_steps"] == 1
+    assert (run_dir / "previous_attempts" / "1" / "summary.json").read_text() == "{}"  # moved aside, not lost
 
 
 def test_resuming_into_a_used_run_directory_is_allowed(tmp_path):
@@ -98,3 +99,4 @@ def test_cli_refuses_a_fixed_run_dir_that_holds_a_run(tmp_path):
     assert (
         result.returncode == 2 and "already holds a run (checkpoints)" in output and "Traceback" not in output
     )
+    assert not (run_dir / "FAILED.json").exists()  # the directory is another run's: nothing is written into it

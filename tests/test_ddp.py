@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, run_cli
+from conftest import FAST_OVERRIDES, make_image_folder, run_cli
 
 from vitcls.metrics import METRICS
 
@@ -73,9 +73,41 @@ def test_ddp_metrics_count_each_image_once_and_equal_a_single_process_eval(odd_f
         "gallery.num_images=4",
     )
     report = json.loads((eval_dir / "eval.json").read_text())
-    for name in METRICS:  # the loss is a mean of per-rank means under DDP
+    for name in (*METRICS, "loss"):  # the loss too: the mean over all images, summed across ranks
         assert summary["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
     assert confusion_total(eval_dir / "test_confusion_matrix.csv") == test_size
+
+
+@pytest.mark.slow
+def test_a_rank_without_a_validation_or_test_image_takes_part_and_the_metrics_stay_exact(tmp_path):
+    """3 ranks, 2 val and 2 test images: rank 2 has no evaluation batch. Every rank must still enter the same
+    collectives (metric sync, confusion matrix, gathered predictions), or the run hangs or crashes."""
+    root = tmp_path / "images"
+    make_image_folder(root, {"a": 6, "b": 6}, "train", seed=11)
+    make_image_folder(root, {"a": 1, "b": 1}, "val", seed=12)
+    make_image_folder(root, {"a": 1, "b": 1}, "test", seed=13)
+    run_dir = tmp_path / "run"
+    run_cli(
+        "train.py",
+        f"data.root={root}",
+        f"hydra.run.dir={run_dir}",
+        *DDP_OVERRIDES,
+        "trainer.devices=3",
+        "trainer.num_sanity_val_steps=2",
+        "trainer.max_epochs=2",
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 3 and summary["num_samples"]["test"] == 2 and summary["best_ckpt"]
+    assert confusion_total(run_dir / "test_confusion_matrix.csv") == 2
+    with open(run_dir / "metrics.csv") as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle) if r.get("val/loss")] == ["0", "1"]
+
+    eval_dir = tmp_path / "eval"
+    run_cli("eval.py", f"ckpt_path={summary['best_ckpt']}", f"hydra.run.dir={eval_dir}", "trainer=cpu",
+            "data.num_workers=0", "gallery.num_images=2")
+    report = json.loads((eval_dir / "eval.json").read_text())
+    for name in (*METRICS, "loss"):
+        assert summary["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from vitcls.inference.predictor import Predictor
 from vitcls.metrics import METRICS
 from vitcls.models.classifier import ImageClassifier
 from vitcls.models.lightning_module import ClassifierModule
+from vitcls.precision import cpu_has_amx_bf16
 from vitcls.train import run
 
 CLASSES = {"blue": 8, "green": 8, "red": 8}
@@ -300,6 +302,8 @@ def test_cli_folder_metrics_equal_eval_py(trained, tmp_path):
     for name in METRICS:
         assert metrics["test"][name] == pytest.approx(report["test"][name], abs=1e-6), name
     assert metrics["per_class"] == report["per_class"]
+    # both in this machine's precision: bf16 autocast with AMX, float32 elsewhere
+    assert report["precision"]["dtype"] == metrics["dtype"] == ("bfloat16" if cpu_has_amx_bf16() else "float32")
     assert (output.parent / "confusion_matrix.csv").read_text() == (
         eval_dir / "test_confusion_matrix.csv"
     ).read_text()
@@ -336,3 +340,31 @@ def test_export_cli_refuses_to_overwrite_a_foreign_directory(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "again" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging debris
+
+
+@pytest.mark.slow
+def test_every_file_of_a_run_and_of_its_exports_has_the_mode_of_a_plain_write(tmp_path):
+    """Under umask 027 (a group that shares results): files 0640 and folders 0750, as a plain open() and mkdir()
+    give, whether written atomically through a temporary file (summary, model.safetensors...) or not."""
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        make_image_folder(root, CLASSES, split, colours=COLOURS, seed=1 if split == "test" else 0)
+    run_dir, second_export = tmp_path / "run", tmp_path / "exported"
+    with_umask_027 = {"preexec_fn": lambda: os.umask(0o027)}
+    trained = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), f"data.root={root}", f"hydra.run.dir={run_dir}",
+         *FAST_OVERRIDES, "trainer.max_epochs=1", "export.enabled=true"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, **with_umask_027,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    best = json.loads((run_dir / "summary.json").read_text())["best_ckpt"]
+    exported = subprocess.run(
+        [sys.executable, "-m", "vitcls.cli.export", best, str(second_export)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, **with_umask_027,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (run_dir / "export" / "model.safetensors").is_file() and (second_export / "model.safetensors").is_file()
+    for top in (run_dir, second_export):
+        for path in [top, *top.rglob("*")]:
+            expected = 0o750 if path.is_dir() else 0o640
+            assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"

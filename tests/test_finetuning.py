@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_OVERRIDES, compose_config, train_in_process
+from conftest import FAST_OVERRIDES, compose_config, tiny_module, train_in_process
 from lightning.pytorch.callbacks import Callback
 
 from vitcls.train import run
@@ -171,3 +171,48 @@ def test_compiled_backbone_trains_and_its_checkpoint_loads_uncompiled(image_fold
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert module(images).shape == (2, 2)
+
+
+def test_compiled_model_evaluates_eagerly_without_recompiling():
+    """model.compile compiles the training graph only: evaluation in eval mode, any batch size, runs the
+    eager tap on the same weights (no compilation, identical logits)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    module = tiny_module("linear", compile=True)
+    eager = tiny_module("linear")
+    eager.load_state_dict(module.state_dict())
+    torch._dynamo.reset()
+    counters.clear()
+    module.train()
+    module(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert counters["stats"]["unique_graphs"] >= 1  # training ran the compiled graph
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    module.eval()
+    eager.eval()
+    with torch.inference_mode():
+        for batch in (4, 3):  # a full and a ragged batch
+            images = torch.randn(batch, 3, 32, 32)
+            torch.testing.assert_close(module(images), eager(images), rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == compiled_graphs  # nothing compiled for evaluation
+
+
+class RecordBlockModes(Callback):
+    """Which backbone blocks are in training mode at each training batch (class-level: Hydra builds it)."""
+
+    seen: list[list[bool]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        RecordBlockModes.seen.append([block.training for block in pl_module.net.backbone.blocks])
+
+
+def test_frozen_blocks_stay_in_eval_mode_through_fit(image_folder_factory, tmp_path):
+    """No dropout or drop-path noise in frozen blocks, from the first batch and after each validation."""
+    root = image_folder_factory({"a": 4, "b": 4})
+    RecordBlockModes.seen = []
+    train_in_process(
+        tmp_path, f"data.root={root}", "trainer.max_epochs=2", "model.train_blocks=2", "model.drop_path_rate=0.1",
+        "+callbacks.modes._target_=test_finetuning.RecordBlockModes",
+    )
+    assert len(RecordBlockModes.seen) == 2  # one batch per epoch, the second after a validation
+    assert all(modes == [False] * 10 + [True] * 2 for modes in RecordBlockModes.seen)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import torch
 from conftest import CONF_DIR, FAST_OVERRIDES, REPO_ROOT, compose_config
 from omegaconf import OmegaConf
-from wandb_records import offline_runs
+from wandb_records import offline_runs, read_offline_run
 
 from vitcls.train import build_module
 
@@ -35,9 +37,10 @@ def wandb_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
 
 
-def run_script(*args, expect_rc=0):
+def run_script(*args, expect_rc=0, env=None):
     result = subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, **(env or {})},
     )
     assert result.returncode == expect_rc, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -264,6 +267,81 @@ def test_a_sweep_without_multirun_is_refused_with_the_fix(tmp_path, sweep):
     assert "Traceback" not in output
     assert json.loads((run_dir / "FAILED.json").read_text())["error_type"] == "ConfigError"
     assert not (run_dir / "checkpoints").exists()
+
+
+def jobs_by_settings(sweep_dir: Path) -> dict[tuple[str, ...], Path]:
+    """{the job's swept settings: its directory}."""
+    jobs = {}
+    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
+        swept = sorted(o for o in OmegaConf.load(overrides_file) if o.startswith(("head=", "head.dropout=")))
+        jobs[tuple(swept)] = overrides_file.parents[1]
+    return jobs
+
+
+def job_files(job_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Everything a finished job wrote, with its modification time."""
+    names = ["summary.json", "metrics.csv", "config.yaml", "wandb_run_id", "test_confusion_matrix.csv"]
+    paths = [job_dir / name for name in names] + sorted((job_dir / "checkpoints").iterdir())
+    return {str(p.relative_to(job_dir)): (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_in_its_third_job_goes_on_with_resume_true(image_folder_factory, tmp_path, wandb_offline):
+    root = image_folder_factory({"a": 5, "b": 5, "c": 5})
+    tests_dir = str(Path(__file__).resolve().parent)  # fault_injection
+    settings = [f"data.root={root}", *TINY, "trainer.max_epochs=2", "logger=wandb"]
+    env = {"PYTHONPATH": tests_dir}
+
+    def sweep_command(sweep_dir, marker, *extra, heads="head=linear,mlp"):
+        kill = [  # SIGKILL to the whole multirun in job 2 (the third), after its first checkpoint; once per marker
+            "+callbacks.kill._target_=fault_injection.SignalAt", "+callbacks.kill.signal_name=SIGKILL",
+            "+callbacks.kill.step=3", "+callbacks.kill.job=2", f"+callbacks.kill.marker={marker}",
+        ]
+        return ["train.py", "-m", *settings, heads, "head.dropout=0.0,0.1", *kill, *extra, f"hydra.sweep.dir={sweep_dir}"]
+
+    reference, sweep, sent = tmp_path / "reference", tmp_path / "sweep", tmp_path / "sent"
+    already_sent = tmp_path / "already_sent"
+    already_sent.write_text("the uninterrupted sweep: same settings, no signal\n")
+    run_script(*sweep_command(reference, already_sent), env=env)
+    run_script(*sweep_command(sweep, sent), env=env, expect_rc=-signal.SIGKILL)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert (sweep / "2" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "2" / "summary.json").exists()
+    finished = {job: job_files(sweep / job) for job in ("0", "1")}
+    run_id = (sweep / "2" / "wandb_run_id").read_text()
+
+    # the same command again is refused, naming the fix; nothing is written into the finished jobs
+    refused = run_script(*sweep_command(sweep, sent), env=env, expect_rc=2)
+    message = refused.stdout + refused.stderr
+    assert "run it again with resume=true" in message and "hydra.run.dir" not in message
+    assert not list(sweep.glob("*/FAILED.json"))
+
+    # resumed, with the head values in another order: jobs are found by their overrides, not their number
+    resumed = run_script(*sweep_command(sweep, sent, "resume=true", heads="head=mlp,linear"), env=env)
+    log = resumed.stdout + resumed.stderr
+    assert log.count("finished (summary.json); left as it is") == 2
+    assert f"{sweep / '2'}: resume=true: resumes from last.ckpt" in log
+    assert log.count(": resume=true: no checkpoint yet, starts") == 1  # the fourth job, which never ran
+    for job, files in finished.items():
+        assert job_files(sweep / job) == files, job  # not retrained, not retested, not rewritten
+    expected, got = jobs_by_settings(reference), jobs_by_settings(sweep)
+    assert len(got) == 4 and set(got) == set(expected)
+    for settings_of_job, job_dir in expected.items():
+        summary = json.loads((got[settings_of_job] / "summary.json").read_text())
+        assert summary["test"] == json.loads((job_dir / "summary.json").read_text())["test"], settings_of_job
+    assert json.loads((sweep / "2" / "summary.json").read_text())["resumed_from"] == str(
+        sweep / "2" / "checkpoints" / "last.ckpt"
+    )
+    # the resumed job continued its W&B run: both attempts logged under one id, the second one finished
+    assert (sweep / "2" / "wandb_run_id").read_text() == run_id
+    # (the killed attempt's offline file may end before W&B wrote its run record, so only the last one is read)
+    attempts = sorted((sweep / "2").glob("**/wandb/offline-run-*"))  # named by start time
+    assert len(attempts) == 2
+    resumed = read_offline_run(attempts[-1])
+    assert resumed.run["run_id"] == run_id.strip()
+    assert resumed.exit_code == 0 and "test/acc" in resumed.metric_keys
+
+    run_script("-m", "vitcls.cli.compare", str(sweep))
+    assert [row["status"] for row in read_csv(sweep / "compare.csv")] == ["ok"] * 4
 
 
 def test_a_missing_sweeper_plugin_is_one_line_saying_what_to_install(monkeypatch):

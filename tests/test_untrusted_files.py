@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import os
+import sys
+
 import pytest
 import torch
 from conftest import FAST_OVERRIDES, compose_config, run_cli
@@ -65,6 +69,54 @@ def test_resuming_from_it_is_refused_before_training(malicious_checkpoint, image
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+class Calls:
+    """Unpickling this calls `function(*args)`."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+# (function, its arguments given the marker path, the name the user is told). os lives in `posix` on Linux;
+# torch refuses os/posix/sys as blocked modules and anything else as not allowlisted, in other words.
+PAYLOADS = {
+    "os.system": (os.system, lambda marker: (f"touch {marker}",), f"{os.system.__module__}.system"),
+    "builtins.exec": (builtins.exec, lambda marker: (f"open({str(marker)!r}, 'w').close()",), "builtins.exec"),
+    "os.mkdir (blocked module)": (os.mkdir, lambda marker: (str(marker),), f"{os.system.__module__}.mkdir"),
+    "sys.exit (blocked module)": (sys.exit, lambda marker: (3,), "sys.exit"),
+}
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_checkpoint_that_carries_code_is_named_as_such_not_as_corrupt(payload, tmp_path):
+    function, arguments, reference = PAYLOADS[payload]
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Calls(function, *arguments(marker))}, path)
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert f"holds a pickled reference to {reference}," in message and "could run code" in message
+    assert "not a readable" not in message and "corrupt" not in message
+    assert not marker.exists()
+    if payload != "sys.exit (blocked module)":  # the payload is real: an unsafe load runs it
+        torch.load(path, weights_only=False)
+        assert marker.exists()
+
+
+def test_a_weights_file_that_carries_code_is_named_too(tmp_path):
+    from vitcls.models.backbone import create_backbone
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "weights.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 192), "x": Calls(os.system, f"touch {marker}")}, path)
+    with pytest.raises(UnsafeCheckpointError, match=rf"model.weights: refused to load {path}: .* {os.system.__module__}.system"):
+        create_backbone("vit_tiny_patch16_224", weights=str(path), img_size=32)
+    assert not marker.exists()
+
+
 def test_truncated_or_foreign_files_are_named(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
@@ -72,6 +124,11 @@ def test_truncated_or_foreign_files_are_named(tmp_path):
         ConfigError, match=f"ckpt_path: .*{garbage.name} is not a readable PyTorch checkpoint"
     ):
         load_checkpoint(garbage)
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ConfigError, match="is not a readable PyTorch checkpoint .*RuntimeError"):
+        load_checkpoint(truncated)
     plain = tmp_path / "plain.ckpt"
     torch.save({"weights": torch.zeros(2)}, plain)
     with pytest.raises(ConfigError, match="not a Lightning checkpoint"):
@@ -95,6 +152,6 @@ def test_weights_file_that_runs_code_is_refused(malicious_checkpoint):
     from vitcls.models.backbone import create_backbone
 
     path, marker = malicious_checkpoint
-    with pytest.raises(ConfigError, match="does not load into"):
+    with pytest.raises(UnsafeCheckpointError, match="model.weights: refused to load .* io.open"):
         create_backbone("vit_tiny_patch16_224", weights=str(path), img_size=32)
     assert not marker.exists()

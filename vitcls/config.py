@@ -13,14 +13,18 @@ from typing import Any
 
 import hydra.utils
 import timm
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.data.prefix_cache import TOKEN_DTYPES
 from vitcls.data.quality import BAD_IMAGE_POLICIES
 from vitcls.data.split import stratified_subset
 from vitcls.errors import ConfigError
 from vitcls.metrics import better_is, metric_names
+from vitcls.models.adapters import adapter_spec
 from vitcls.models.heads import Head, HeadSpec, head_spec
 from vitcls.precision import precision_preset
+from vitcls.run_dir import sweep_job_subdir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -38,12 +42,32 @@ def optuna_direction(monitor: str) -> str:
 
 def register_resolvers() -> None:
     """`${vitcls.precision:...}` (conf/trainer), `${vitcls.better_is:...}` (conf/callbacks) and
-    `${vitcls.optuna_direction:...}` (conf/sweep)."""
-    resolvers = (("vitcls.precision", precision_preset), ("vitcls.better_is", better_is),
-                 ("vitcls.optuna_direction", optuna_direction))
+    `${vitcls.optuna_direction:...}` (conf/sweep) and `${vitcls.sweep_job_dir:}` (conf/hydra)."""
+    resolvers = (
+        ("vitcls.precision", precision_preset),
+        ("vitcls.better_is", better_is),
+        ("vitcls.optuna_direction", optuna_direction),
+        ("vitcls.sweep_job_dir", _sweep_job_dir),
+    )
     for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_job_dir(*, _root_: DictConfig) -> str:
+    """hydra.sweep.subdir: the job number, or with resume=true (or ckpt_path=last), the directory of the
+    earlier job with the same overrides."""
+    hydra_cfg = _root_.hydra
+    resume = bool(_root_.get("resume")) or _root_.get("ckpt_path") == "last"
+    return sweep_job_subdir(Path(hydra_cfg.sweep.dir), list(hydra_cfg.overrides.task), hydra_cfg.job.num, resume)
 
 
 def to_plain(node: Any) -> Any:
@@ -84,7 +108,13 @@ def net_config(cfg: DictConfig, class_names: list[str]) -> dict[str, Any]:
     """The ImageClassifier config of a training run."""
     backbone = {k: v for k, v in to_plain(cfg.model).items() if k not in TRAINING_SETTINGS}
     tap = {k: v for k, v in to_plain(cfg.tap).items() if k not in ("_target_", "_partial_")}
-    return {"backbone": backbone, "tap": tap, "head": head_spec_of(cfg.head), "class_names": list(class_names)}
+    return {
+        "backbone": backbone,
+        "tap": tap,
+        "head": head_spec_of(cfg.head),
+        "class_names": list(class_names),
+        "adapter": adapter_spec(to_plain(cfg.get("adapter"))),
+    }
 
 
 def _require(ok: bool, setting: str, value: Any, allowed: str) -> None:
@@ -153,6 +183,36 @@ def check_train_config(cfg: DictConfig) -> None:
     loss = cfg.get("loss")
     if loss is not None:
         _in_range(loss, "loss", "label_smoothing", 0.0, 1.0, closed_low=True)
+    cache = cfg.get("feature_cache")
+    if cache is not None and cache.get("enabled"):
+        token_dtype = cache.get("token_dtype", "bfloat16")
+        _require(token_dtype in TOKEN_DTYPES, "feature_cache.token_dtype", token_dtype, f"one of {list(TOKEN_DTYPES)}")
+    check_adapter(cfg)
+
+
+def check_adapter(cfg: DictConfig) -> None:
+    """The adapter's settings against the backbone they adapt, on a weightless (meta-device) copy of it: a rank
+    of 0, a layer name the blocks do not have, prompts for a backbone that is no ViT fail in a second."""
+    spec = adapter_spec(to_plain(cfg.get("adapter")))
+    if spec is None:
+        return
+    if cfg.feature_cache.enabled:
+        raise ConfigError(
+            f"feature_cache.enabled=true with adapter={spec['name']}: the adapter trains inside the backbone, so its "
+            "features change at every step and cannot be cached. Use adapter=none or feature_cache.enabled=false."
+        )
+    from vitcls.models.adapters import attach_adapter
+
+    model = to_plain(cfg.model)
+    kwargs = {k: v for k, v in model.items() if k not in (*TRAINING_SETTINGS, "name", "pretrained", "weights")}
+    if kwargs.get("img_size") is None:
+        kwargs.pop("img_size", None)
+    with torch.device("meta"):
+        try:
+            backbone = timm.create_model(model["name"], pretrained=False, num_classes=0, **kwargs)
+        except TypeError as error:  # e.g. model.img_size for a convolutional network
+            raise ConfigError(f"model.name={model['name']!r} does not take these model settings {kwargs}: {error}") from error
+        attach_adapter(backbone, spec)
 
 
 def check_monitor(monitor: str) -> None:

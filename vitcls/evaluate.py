@@ -26,6 +26,7 @@ from vitcls.io import write_json_atomic
 from vitcls.metrics import per_class_report, split_metrics
 from vitcls.models.heads import import_head_modules
 from vitcls.models.lightning_module import ClassifierModule
+from vitcls.precision import log_precision
 from vitcls.predictions import write_predictions
 from vitcls.reports import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
 
@@ -68,16 +69,18 @@ def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclass
     return chosen
 
 
-def score(cfg: DictConfig) -> tuple[ClassifierModule, ImageFolderDataModule, dict[str, float]]:
-    """The checkpoint's test metrics on its run's test split (or the one `data.*` points to)."""
+def score(cfg: DictConfig) -> tuple[ClassifierModule, ImageFolderDataModule, dict[str, float], dict[str, str]]:
+    """The checkpoint's test metrics on its run's test split (or the one `data.*` points to), and the
+    precision they were computed in (the trainer preset of this machine unless trainer.precision says)."""
     import_head_modules(list(cfg.get("imports") or []), "imports")
     module, checkpoint = ClassifierModule.from_checkpoint(cfg.ckpt_path)
     datamodule = build_eval_datamodule(checkpoint, to_plain(cfg.data))
     check_same_classes(module.class_names, datamodule.class_names, str(datamodule.root))
     datamodule.set_data_config(module.data_config)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], _convert_="all")
+    precision = log_precision(trainer.precision, trainer.strategy.root_device.type)
     results = trainer.test(module, datamodule=datamodule, verbose=True)[0]
-    return module, datamodule, split_metrics(results, "test")
+    return module, datamodule, split_metrics(results, "test"), precision
 
 
 def write_reports(cfg: DictConfig, module: ClassifierModule, datamodule: ImageFolderDataModule,
@@ -122,8 +125,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, datamodule, metrics = score(cfg)
-    report = write_reports(cfg, module, datamodule, metrics, output_dir)
+    module, datamodule, metrics, precision = score(cfg)
+    report = {**write_reports(cfg, module, datamodule, metrics, output_dir), "precision": precision}
     write_json_atomic(output_dir / "eval.json", report)
     log.info("test metrics: %s", metrics)
     log.info("eval directory: %s", output_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,32 +21,39 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.callbacks.train_cost import TrainCost
 from vitcls.checkpoints import validate_resume_checkpoint
-from vitcls.config import check_train_config, instantiate_dict_group, net_config, to_plain
+from vitcls.config import check_train_config, in_multirun, instantiate_dict_group, net_config, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.feature_cache import build_feature_datamodule
+from vitcls.data.prefix_cache import build_prefix_datamodule, first_trainable_block
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.inference.export import export_checkpoint
-from vitcls.io import write_json_atomic, write_text_atomic
+from vitcls.io import read_json, write_json_atomic, write_text_atomic
 from vitcls.loggers.wandb import log_run_config, log_test_results, wandb_loggers
 from vitcls.metrics import metric_names, split_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
-from vitcls.precision import use_tensor_cores_for_float32
+from vitcls.precision import describe_precision, log_precision, use_tensor_cores_for_float32
 from vitcls.predictions import write_predictions
 from vitcls.reports import save_confusion_matrix
 from vitcls.run_dir import (
     CONFIG_FILE,
     PREDICTIONS_FILES,
     SUMMARY_FILE,
-    check_run_dir,
-    resolve_ckpt_path,
+    JobSkipped,
+    RunPlan,
+    plan_run,
+    set_aside_previous_attempt,
     summary_paths,
 )
 
 log = logging.getLogger(__name__)
+# Rank zero's RunPlan, for the DDP processes that Lightning starts (they inherit the environment).
+RUN_PLAN_ENV = "VITCLS_RUN_PLAN"
 
 
 @dataclass
@@ -107,18 +115,48 @@ def best_checkpoint(trainer: L.Trainer) -> tuple[str | None, int | None, float |
     return callback.best_model_path, int(checkpoint["epoch"]), None if score is None else float(score)
 
 
-def prepare_run(cfg: DictConfig) -> tuple[Path, str | None]:
-    """Check the settings, refuse a used run directory, resolve `ckpt_path`; seed everything."""
+def prepare_run(cfg: DictConfig) -> tuple[Path, RunPlan]:
+    """Check the settings, decide what to do in the run directory (start, resume, skip), seed everything.
+
+    Starting afresh in a directory that holds an earlier attempt moves it to previous_attempts/N/. The
+    checkpoint resumed from becomes `cfg.ckpt_path`, so that loggers (the W&B run id) and config.yaml see it.
+    """
     output_dir = Path(cfg.paths.output_dir)
     check_train_config(cfg)
-    if rank_zero_only.rank == 0:  # DDP workers that Lightning starts later join the same directory
-        check_run_dir(output_dir, resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    validate_resume_checkpoint(ckpt_path)
+    plan = agreed_run_plan(cfg, output_dir)
+    if plan.action == "skip":
+        return output_dir, plan
+    validate_resume_checkpoint(plan.ckpt_path)
+    if plan.reason:
+        log.info("%s: %s", output_dir, plan.reason)
+    if plan.action == "start" and rank_zero_only.rank == 0:
+        moved = set_aside_previous_attempt(output_dir)
+        if moved is not None:
+            log.warning("the earlier attempt in %s was moved to %s", output_dir, moved)
+    cfg.ckpt_path = plan.ckpt_path
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     use_tensor_cores_for_float32()
-    return output_dir, ckpt_path
+    return output_dir, plan
+
+
+def agreed_run_plan(cfg: DictConfig, output_dir: Path) -> RunPlan:
+    """Rank zero decides from the directory and hands the plan to the DDP processes Lightning starts later
+    (which would find the directory changed: an earlier attempt moved aside, a new config.yaml)."""
+    if rank_zero_only.rank != 0 and os.environ.get(RUN_PLAN_ENV):
+        return RunPlan.from_json(os.environ[RUN_PLAN_ENV])
+    plan = plan_run(
+        output_dir,
+        cfg.get("ckpt_path"),
+        resume=bool(cfg.get("resume")),
+        resume_failed=bool(cfg.get("resume_failed", True)),
+        # Processes started by torchrun/srun find rank zero's run already there.
+        overwrite=bool(cfg.get("overwrite")) or rank_zero_only.rank != 0,
+        in_multirun=in_multirun(),
+    )
+    if rank_zero_only.rank == 0:
+        os.environ[RUN_PLAN_ENV] = plan.to_json()
+    return plan
 
 
 def record_settings(
@@ -136,24 +174,45 @@ def record_settings(
             logger.log_hyperparams(params)
     computed = {"effective_batch_size": layout.effective_batch_size, "world_size": layout.world_size, **params}
     log_run_config(trainer.loggers, cfg, computed, set(module.hparams) | set(datamodule.hparams))
+    if trainer.is_global_zero:
+        log_precision(trainer.precision, trainer.strategy.root_device.type)
 
 
 def training_batches(
     cfg: DictConfig, datamodule: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer
 ) -> ImageFolderDataModule:
-    """The image batches, or, with `feature_cache.enabled`, the backbone's features of them."""
+    """The image batches, or, with `feature_cache.enabled`, what the frozen part of the backbone makes of them:
+    the features (frozen backbone) or the tokens entering the first trainable block (model.train_blocks=N)."""
     if not cfg.feature_cache.enabled:
         return datamodule
-    batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
-    module.expect_inputs("features")
+    if first_trainable_block(module) is None:
+        batches = build_feature_datamodule(datamodule, module, trainer, cfg.feature_cache.dir)
+        module.expect_inputs("features")
+        return batches
+    batches, block = build_prefix_datamodule(
+        datamodule, module, trainer, cfg.feature_cache.dir, cfg.feature_cache.token_dtype
+    )
+    module.expect_inputs("tokens", block)
     return batches
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, batches: ImageFolderDataModule, ckpt_path: str | None) -> None:
+    """`trainer.fit`; a Ctrl+C that Lightning handled stays a KeyboardInterrupt (not a plain exit)."""
+    try:
+        trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise
+    except SystemExit as stopped:  # Lightning exits with status 1 after a KeyboardInterrupt it handled
+        if trainer.interrupted:
+            raise KeyboardInterrupt from stopped
+        raise
 
 
 def fit_and_test(
     trainer: L.Trainer, module: ClassifierModule, batches: ImageFolderDataModule, ckpt_path: str | None
 ) -> FitOutcome:
     with ddp_scoped_to_this_hydra_job(trainer):
-        trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+        fit(trainer, module, batches, ckpt_path)
         best_path, best_epoch, best_score = best_checkpoint(trainer)
         # The val metrics of exactly the checkpoint that is tested (the module keeps them off the loggers)
         trainer.validate(module, datamodule=batches, ckpt_path=best_path, verbose=False, weights_only=True)
@@ -174,6 +233,8 @@ def summarise(
 ) -> dict[str, Any]:
     """summary.json: val and test metrics of the best checkpoint and what the run was."""
     skipped = datamodule.skipped_files()
+    if outcome.best_ckpt is None:
+        log.warning("no best checkpoint (no validation selected one): the test metrics are those of the last weights")
     return {
         "class_names": datamodule.class_names,
         "best_ckpt": outcome.best_ckpt,
@@ -183,6 +244,7 @@ def summarise(
         "val": split_metrics(outcome.val_results, "val"),
         "test": split_metrics(outcome.test_results, "test"),
         "params": module.parameter_counts,
+        "train": next((c.summary for c in trainer.callbacks if isinstance(c, TrainCost)), {}),
         "num_samples": {
             split: len([s for s in samples if s.path not in skipped]) for split, samples in datamodule.splits.items()
         },
@@ -193,6 +255,7 @@ def summarise(
         "global_steps": trainer.global_step,
         "world_size": layout.world_size,
         "effective_batch_size": layout.effective_batch_size,
+        "precision": describe_precision(trainer.precision, trainer.strategy.root_device.type),
         "batch_layout": dataclasses.asdict(layout),
         "resumed_from": ckpt_path,
         "wall_time_s": round(time.time() - started, 2),
@@ -234,9 +297,19 @@ def write_outputs(
     log.info("run directory: %s", output_dir)
 
 
+def skipped_run(run_dir: Path, plan: RunPlan) -> dict[str, Any]:
+    """A finished run's summary, as it is; a failed run left as it is stops the job (vitcls.cli.hydra_job)."""
+    if not (run_dir / SUMMARY_FILE).is_file():
+        raise JobSkipped(plan.reason)
+    log.info("%s: %s", run_dir, plan.reason)
+    return read_json(run_dir / SUMMARY_FILE)
+
+
 def quiet_expected_warnings() -> None:
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # A resumed run writes its checkpoints beside the ones it resumes from (a new run has them moved aside).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Under DDP the metrics are logged after torchmetrics synced them: identical on every rank.
     names = "|".join(metric_names())
     warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({names})'")
@@ -251,7 +324,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return run_bank(cfg)
     started = time.time()
     quiet_expected_warnings()
-    run_dir, ckpt_path = prepare_run(cfg)
+    run_dir, plan = prepare_run(cfg)
+    if plan.action == "skip":
+        return skipped_run(run_dir, plan)
+    ckpt_path = plan.ckpt_path
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg)
     layout = batch_layout(trainer, datamodule.hparams.batch_size)

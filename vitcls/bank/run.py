@@ -57,9 +57,11 @@ from vitcls.run_dir import CHECKPOINT_DIR, PREDICTIONS_FILES, SUMMARY_FILE
 from vitcls.train import (
     FitOutcome,
     build_datamodule,
+    fit,
     prepare_run,
     quiet_expected_warnings,
     record_settings,
+    skipped_run,
     summarise,
 )
 
@@ -124,7 +126,7 @@ def fit_and_score(trainer: L.Trainer, module: BankModule, batches, ckpt_path: st
     """Fit, then score every head at its best epoch on val and test. Returns the seconds `fit` took."""
     with ddp_scoped_to_this_hydra_job(trainer):
         started = time.perf_counter()
-        trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+        fit(trainer, module, batches, ckpt_path)
         fit_s = time.perf_counter() - started
         module.use_best_heads()
         trainer.validate(module, datamodule=batches, verbose=False)
@@ -247,7 +249,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              f"; {len(plan.excluded)} combinations left out:" if plan.excluded else "")
     for excluded in plan.excluded:
         log.info("  left out %s: %s", excluded["design"], excluded["reason"])
-    run_dir, ckpt_path = prepare_run(cfg)
+    run_dir, plan_of_run = prepare_run(cfg)
+    if plan_of_run.action == "skip":
+        return skipped_run(run_dir, plan_of_run)
+    ckpt_path = plan_of_run.ckpt_path
     datamodule = build_datamodule(cfg)
     trainer = build_bank_trainer(cfg)
     layout = batch_layout(trainer, datamodule.hparams.batch_size)

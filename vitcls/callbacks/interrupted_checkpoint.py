@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class InterruptedCheckpoint(Checkpoint):
-    """Lightning's OnExceptionCheckpoint, with two differences.
+    """Lightning's OnExceptionCheckpoint, with three differences.
 
     - Not a subclass of it: with one of those in the trainer, Lightning turns `fit(ckpt_path=None)` into
       `ckpt_path="last"`, so a fresh run in a directory that holds a last.ckpt (overwrite=true) would
@@ -22,6 +22,9 @@ class InterruptedCheckpoint(Checkpoint):
       ranks, waiting in the step's gradient all-reduce, never reach, so the job would hang until the
       process-group timeout (30 minutes) instead of failing. That run resumes from last.ckpt. SIGTERM and
       Ctrl+C reach every rank, and the ranks stop together and save as usual.
+    - No save when stopped during the validation of an epoch: Lightning resumes such a checkpoint past the
+      rest of that validation, so the epoch would have no validation (and a run stopped in its last one, no
+      best checkpoint). That run resumes from last.ckpt and trains the epoch again, exactly as before.
 
     The file is removed when the run completes.
     """
@@ -45,7 +48,11 @@ class InterruptedCheckpoint(Checkpoint):
                 "resume from last.ckpt", self.ckpt_path, trainer.world_size
             )
             return
-        trainer.save_checkpoint(self.ckpt_path)
+        # A full checkpoint (optimizer, loops, callbacks) to resume from; weights_only here is about what is saved.
+        if trainer.validating:
+            log.warning("stopped during validation: not saving %s; resume from last.ckpt", self.ckpt_path)
+            return
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         trainer.strategy.remove_checkpoint(self.ckpt_path)

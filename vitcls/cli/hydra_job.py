@@ -23,6 +23,7 @@ from vitcls.errors import ConfigError, VitclsError
 
 log = logging.getLogger("vitcls")
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+CTRL_C_EXIT_CODE = 128 + signal.SIGINT
 USER_ERROR_EXIT_CODE = 2
 
 
@@ -40,19 +41,14 @@ def route_lightning_logs_through_hydra() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def check_sweep_has_multirun() -> None:
     """A config of the `sweep` group lists jobs for Hydra's sweeper: without -m Hydra would run one default job."""
     from hydra.core.hydra_config import HydraConfig
 
+    from vitcls.config import in_multirun
+
     sweep = HydraConfig.get().runtime.choices.get("sweep")
-    if sweep and not _in_multirun():
+    if sweep and not in_multirun():
         raise ConfigError(
             f"sweep={sweep} runs a sweep of jobs: add -m (python train.py -m sweep={sweep} ...); without it "
             "Hydra would run a single default job"
@@ -75,33 +71,42 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     A failed job of a multirun is logged and skipped when `continue_on_failure` is on (the default), so the
     remaining jobs still run. A single run exits non-zero: code 2 with one line for errors the user can fix,
-    the traceback otherwise.
+    the traceback otherwise. A run directory that holds another run is refused before anything is written
+    into it: no FAILED.json there, and a multirun stops (exit code 2), as every job would be refused.
     """
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from vitcls.callbacks.ctrl_c import ctrl_c_received
+    from vitcls.config import in_multirun
     from vitcls.loggers.wandb import finish_wandb
-    from vitcls.run_dir import clear_failure, record_failure
+    from vitcls.run_dir import JobSkipped, RunDirInUse, clear_failure, record_failure, resume_hint
 
     route_lightning_logs_through_hydra()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if in_multirun() else None
     try:
         check_sweep_has_multirun()
         result = run(cfg)
-    except SIGTERMException:
-        # Lightning stops on SIGTERM with a SystemExit of status 0; a preempted job must not look finished
-        # to the scheduler or the sweep, so exit as a process killed by SIGTERM would (the whole sweep stops).
-        finish_wandb(exit_code=SIGTERM_EXIT_CODE)
-        log.warning(
-            "stopped by SIGTERM; checkpoints/interrupted.ckpt holds the state: resume with "
-            "ckpt_path=last hydra.run.dir=%s", run_dir
-        )
-        sys.exit(SIGTERM_EXIT_CODE)
+    except JobSkipped as skipped:
+        log.info("%s: %s", run_dir, skipped)
+        return None
+    except (SIGTERMException, KeyboardInterrupt) as stop:
+        # A stopped job must not look finished to the scheduler or the sweep: exit as a process killed by the
+        # signal would (the whole sweep stops), and say how to go on.
+        by_ctrl_c = isinstance(stop, KeyboardInterrupt) or ctrl_c_received()
+        code = CTRL_C_EXIT_CODE if by_ctrl_c else SIGTERM_EXIT_CODE
+        finish_wandb(exit_code=code)
+        log.warning("stopped by %s; %s", "Ctrl+C" if by_ctrl_c else "SIGTERM", resume_hint(run_dir, sweep_dir))
+        sys.exit(code)
+    except RunDirInUse as refused:
+        log.error("%s", refused)
+        sys.exit(USER_ERROR_EXIT_CODE)
     except Exception as error:
         finish_wandb(exit_code=1)
         record_failure(run_dir, error, HydraConfig.get().overrides.task)
         message = _user_error_message(error)
-        if _in_multirun() and cfg.get("continue_on_failure", True):
+        if in_multirun() and cfg.get("continue_on_failure", True):
             if message is None:
                 log.exception("job failed; continuing with the next job (continue_on_failure=true)")
             else:

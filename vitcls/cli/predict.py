@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="torch backend: auto = bfloat16 autocast on CPUs with AMX and GPUs with bf16, else float32",
+    )
     parser.add_argument("--num-workers", type=int, help="decoding processes (default: from the CPU count)")
     parser.add_argument("--no-progress", action="store_true")
     add_import_argument(parser)
@@ -65,8 +71,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not files:
         raise ConfigError(f"no files found in {args.inputs}")
     predictor = Predictor.from_pretrained(
-        args.model_dir, device=args.device, backend=args.backend, num_workers=args.num_workers
+        args.model_dir, device=args.device, backend=args.backend, dtype=args.dtype, num_workers=args.num_workers
     )
+    log.info("dtype %s: %s", predictor.dtype, predictor.precision.reason)
     if args.labels_from_folders:
         batch.check_labels(files, predictor.class_names)
     top_k = min(args.top_k, len(predictor.class_names))

@@ -15,7 +15,7 @@ from vitcls.design_keys import design_name
 
 _ERROR_CHARS = 120
 STATISTICS = ("mean", "std", "ci_low", "ci_high")
-MARKDOWN_FACTS = ("params_trainable",)  # the facts of runs.FACTS worth a column in the markdown table
+MARKDOWN_FACTS = ("params_trainable", "images_per_s", "peak_mem_mb")  # the facts of runs.FACTS worth a column in the markdown table
 
 
 def short_error(error: str) -> str | None:
@@ -131,6 +131,12 @@ def _interval_cell(row: dict[str, Any], split: str, metric: str, digits: int = 3
     return text
 
 
+def _fact_cell(name: str, value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if name == "params_trainable" else f"{value:,.1f}"
+
+
 def _p_cell(p: float | None) -> str:
     if p is None:
         return ""
@@ -153,7 +159,7 @@ def design_markdown(rows: Sequence[dict[str, Any]], ranking: Ranking, x: str | N
                  *(_interval_cell(row, split, metric) for split, metric in metrics),
                  "" if row["rank"] == 1 else _p_cell(row["p_vs_best"]),
                  "best" if row["rank"] == 1 else ("" if tied is None else ("yes" if tied else "no")),
-                 *(f"{row[name]:,.0f}" if row[name] is not None else "" for name in facts),
+                 *(_fact_cell(name, row[name]) for name in facts),
                  *([_cell(row["n_unfinished"] or "")] if unfinished else [])]
         body.append(cells)
     return markdown(header, body)

@@ -12,6 +12,7 @@ its metrics and prediction files those of the head at its own best validation ep
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,21 @@ from omegaconf import OmegaConf
 
 from vitcls.bank.report import BANK_FILE
 from vitcls.design_keys import parse_overrides
-from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, PREDICTIONS_FILES, SUMMARY_FILE
+from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, OVERRIDES_FILE, PREDICTIONS_FILES, SUMMARY_FILE
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 OPTUNA_RESULTS_FILE = "optimization_results.yaml"
 SPLITS = ("val", "test")
+# A finished job tested without a best checkpoint (its validation never ran): its metrics are shown, never ranked.
+NO_BEST_CHECKPOINT = "no best checkpoint"
 
 # Facts of a finished run shown per design (their mean over seeds): name -> f(summary.json) -> number or None.
 FACTS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "params_trainable": lambda summary: (summary.get("params") or {}).get("trainable"),
     "epochs": lambda summary: summary.get("epochs_trained"),
     "wall_time_s": lambda summary: summary.get("wall_time_s"),
+    "images_per_s": lambda summary: (summary.get("train") or {}).get("images_per_s"),
+    "peak_mem_mb": lambda summary: (summary.get("train") or {}).get("peak_mem_mb"),
 }
 
 
@@ -43,7 +47,7 @@ class Run:
     name: str  # the job directory, relative to the sweep directory
     directory: Path
     settings: dict[str, str]
-    status: str  # "ok", "failed" or "incomplete" (still running, or killed)
+    status: str  # "ok", NO_BEST_CHECKPOINT, "failed" or "incomplete" (still running, or killed)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
     facts: dict[str, float] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
@@ -94,18 +98,18 @@ def load_run(directory: Path, sweep_dir: Path) -> Run:
     name = str(directory.relative_to(sweep_dir)) if directory != sweep_dir else directory.name
     run = Run(name=name, directory=directory, settings=_settings(directory), status="incomplete")
     summary_file, failure_file = directory / SUMMARY_FILE, directory / FAILURE_FILE
-    if failure_file.is_file():
-        failure = json.loads(failure_file.read_text())
-        run.status = "failed"
-        run.error = f"{failure.get('error_type', 'error')}: {failure.get('message', '')}".strip()
-    elif summary_file.is_file():
+    if summary_file.is_file():  # finished: a FAILED.json beside it is from an earlier attempt
         summary = json.loads(summary_file.read_text())
-        run.status = "ok"
+        run.status = "ok" if summary.get("best_ckpt") else NO_BEST_CHECKPOINT
         run.metrics = _split_metrics(summary)
         run.facts = {name: float(value) for name, fact in FACTS.items() if (value := fact(summary)) is not None}
         run.class_names = list(summary.get("class_names") or [])
         run.predictions = {split: directory / file for split, file in PREDICTIONS_FILES.items()
                            if (directory / file).is_file()}
+    elif failure_file.is_file():
+        failure = json.loads(failure_file.read_text())
+        run.status = "failed"
+        run.error = f"{failure.get('error_type', 'error')}: {failure.get('message', '')}".strip()
     return run
 
 
@@ -154,8 +158,9 @@ def _sweeper(job_dirs: list[Path], sweep_dir: Path) -> str:
     return "basic"
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in path.parts]
+def _natural_key(path: Path) -> list[tuple[int, str]]:
+    # 2 before 10; names with letters ("3_1", a resumed sweep's new job) after numbers, never compared to them
+    return [(int(part), "") if part.isdigit() else (sys.maxsize, part) for part in path.parts]
 
 
 def read_sweep(sweep_dir: Path) -> Sweep:

@@ -11,13 +11,13 @@ from typing import Any, Protocol
 
 import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from timm.data import Mixup
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitcls.data.dataset import ImageFileDataset, collate_skipping_bad, default_num_workers
 from vitcls.data.folder import FolderScan, Sample, read_folder, validate_scan
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from vitcls.data.loaders import EpochSampler, EvaluationDataLoader, EvaluationSampler, ResumableDataLoader
 from vitcls.data.quality import (
     CheckMemo,
     apply_bad_image_policy,
@@ -95,6 +95,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.mixup: Mixup | None = None
         self.check_memo = CheckMemo.in_directory(image_check_cache_dir, self.root) if image_check_cache_dir else None
         self._loader_workers = num_workers
+        self._train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
 
     def serving(self, datasets: dict[str, Dataset]) -> ImageFolderDataModule:
         """A copy that serves other datasets of the same samples (in-memory tensors, e.g. cached features)
@@ -243,39 +244,40 @@ class ImageFolderDataModule(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _train_sampler(self) -> Sampler:
+    def _train_sampler(self) -> EpochSampler:
         # A DistributedSampler even on one process: the order is a function of (shuffle_seed, epoch) that
         # Lightning sets through `set_epoch`, so a resumed run sees the same order as an uninterrupted one.
-        # Lightning keeps a DistributedSampler it is given instead of replacing it.
+        # Lightning keeps a DistributedSampler it is given instead of replacing it. With random augmentation
+        # every sample gets a seed of its own (see vitcls.data.loaders).
         world_size, rank = self._replicas()
-        return DistributedSampler(self.datasets["train"], num_replicas=world_size, rank=rank, shuffle=True,
-                                  seed=self.hparams.shuffle_seed)
+        return EpochSampler(self.datasets["train"], num_replicas=world_size, rank=rank,
+                            seed=self.hparams.shuffle_seed, seeded=bool(self.hparams.train_augment))
 
     def _eval_sampler(self, split: str) -> Sampler | None:
-        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks, rank r
-        # taking dataset indices r, r + world_size, ... (see vitcls.distributed.gather_in_dataset_order).
+        # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks.
         world_size, rank = self._replicas()
         if world_size == 1:
             return None
-        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=world_size, rank=rank, shuffle=False)
+        return EvaluationSampler(self.datasets[split], num_replicas=world_size, rank=rank)
 
     def _loader(
-        self, split: str, batch_size: int, sampler: Sampler | None, drop_last: bool = False, generator=None
+        self, split: str, batch_size: int, sampler: Sampler | None, loader_class: type[DataLoader] = DataLoader,
+        **options: Any,
     ) -> DataLoader:
         workers = self._loader_workers
         if workers is None:
             workers = default_num_workers(self._devices())
         pin = self.hparams.pin_memory if self.hparams.pin_memory is not None else self._on_cuda()
-        return DataLoader(
+        return loader_class(
             self.datasets[split],
             batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
-            drop_last=drop_last,
             collate_fn=collate_skipping_bad if self.hparams.on_bad_image == "skip" else None,
-            generator=generator,
+            generator=self._loader_generator(),
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -284,7 +286,27 @@ class ImageFolderDataModule(L.LightningDataModule):
         batch_size = self.hparams.batch_size
         sampler = self._train_sampler()
         drop_last = self.hparams.drop_last and len(sampler) >= batch_size
-        return self._loader("train", batch_size, sampler, drop_last=drop_last, generator=self._loader_generator())
+        loader = self._loader("train", batch_size, sampler, ResumableDataLoader, drop_last=drop_last,
+                              batches_done=self._batches_trained_this_epoch)
+        if self._train_position is not None:
+            loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return loader
+
+    # --- resuming: where training stands, in every checkpoint ------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_position": loader.state_dict()} if isinstance(loader, ResumableDataLoader) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the DataModule before it asks for any loader (see vitcls.data.loaders).
+        self._train_position = state_dict.get("train_position")
+
+    def _batches_trained_this_epoch(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -294,7 +316,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
-        return self._loader(split, batch_size, self._eval_sampler(split), generator=self._loader_generator())
+        return self._loader(split, batch_size, self._eval_sampler(split), EvaluationDataLoader)
 
     def _loader_generator(self) -> torch.Generator:
         # Every iterator a DataLoader creates draws its worker base seed from this generator, not from the global

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, default_collate
 
 from vitcls.data.folder import Sample
 from vitcls.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb
+from vitcls.data.loaders import seeded_random_state
 from vitcls.errors import VitclsError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ class ImageDecodeError(VitclsError):
 
 class ImageFileDataset(Dataset):
     """(image, label) pairs. With `skip_bad`, a file that cannot be decoded yields None (see
-    `collate_skipping_bad`) instead of stopping the epoch: it went bad after the pre-training scan."""
+    `collate_skipping_bad`) instead of stopping the epoch: it went bad after the pre-training scan.
+
+    An item is an index, or `(index, seed)` from a seeded `vitcls.data.loaders.EpochSampler`: the random
+    transform then draws from `seed` alone, whatever process runs it."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False):
@@ -44,7 +48,8 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         try:
             image = load_rgb(sample.path, self.max_pixels)
@@ -59,7 +64,11 @@ class ImageFileDataset(Dataset):
                 log.warning("skipping bad image %s", error)
             return None
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with seeded_random_state(seed):
+                    image = self.transform(image)
         return image, sample.label
 
 

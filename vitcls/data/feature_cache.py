@@ -35,7 +35,7 @@ from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.dataset import default_num_workers
 from vitcls.data.folder import Sample
 from vitcls.errors import ConfigError
-from vitcls.io import write_bytes_atomic, write_json_atomic
+from vitcls.io import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,11 @@ def check_cacheable(module: torch.nn.Module, train_augment: Any, mixup: Any = No
     """Cached features stand in for the backbone only if it never changes and sees fixed inputs."""
     if mixup:
         raise ConfigError("feature_cache.enabled=true cannot mix images (data.mixup): set data.mixup=null")
-    trainable = any(p.requires_grad for p in module.net.backbone.parameters())
+    trainable = any(p.requires_grad for _, p in module.net.feature_parameters())  # backbone and adapter
     if trainable or train_augment:
         raise ConfigError(
-            "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none) and no training-time "
+            "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none), or frozen first blocks "
+            "(model.train_blocks=N: the tokens entering block N from the end are cached), and no training-time "
             f"augmentation (data.train_augment=null); got a {'trainable' if trainable else 'frozen'} backbone "
             f"and data.train_augment={train_augment!r}. Switch feature_cache.enabled off or change those settings."
         )
@@ -120,6 +121,7 @@ class FeatureCache:
         return self.directory / f"{key}.safetensors", self.directory / f"{key}.json"
 
     def load(self, key: str) -> tuple[Tensor, Tensor] | None:
+        """The stored tensors, memory-mapped (read from disk as they are used), or None."""
         tensors_path, index_path = self.paths(key)
         if not (index_path.is_file() and tensors_path.is_file()):
             return None
@@ -129,7 +131,7 @@ class FeatureCache:
     def save(self, key: str, features: Tensor, labels: Tensor, description: dict[str, Any]) -> None:
         tensors_path, index_path = self.paths(key)
         tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
-        write_bytes_atomic(tensors_path, safetensors.torch.save(tensors))
+        atomic_write(tensors_path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
         write_json_atomic(
             index_path,
             {
@@ -148,24 +150,30 @@ def compute_features(
     loader: DataLoader,
     device: torch.device,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    encode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`module.net.features` over a loader of (images, labels), in eval mode; returns CPU tensors."""
+    """`encode` (default: `module.net.features`) over a loader of (images, labels), in eval mode; returns CPU
+    tensors."""
+    encode = encode or module.net.features
     was_training = module.training
     module.eval()
     features, labels = [], []
     try:
         for images, targets in loader:
             with forward_context():
-                features.append(module.net.features(images.to(device)).cpu())
+                features.append(encode(images.to(device)).cpu())
             labels.append(targets)
     finally:
         module.train(was_training)
     return torch.cat(features), torch.cat(labels)
 
 
-def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision: str) -> dict[str, str]:
-    """The cache key of each split's features (the DataModule must be set up)."""
-    fingerprint = feature_fingerprint(
+def split_keys(
+    images: ImageFolderDataModule, module: torch.nn.Module, precision: str, fingerprint: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The cache key of each split's features (the DataModule must be set up); `fingerprint` replaces
+    `feature_fingerprint` for other tensors computed from the images."""
+    fingerprint = fingerprint or feature_fingerprint(
         module, images.datasets["test"].transform, images.data_config, precision
     )
     return {
@@ -175,12 +183,18 @@ def split_keys(images: ImageFolderDataModule, module: torch.nn.Module, precision
 
 
 def compute_missing_splits(
-    images: ImageFolderDataModule, splits: list[str], module: torch.nn.Module, trainer: L.Trainer
+    images: ImageFolderDataModule,
+    splits: list[str],
+    module: torch.nn.Module,
+    trainer: L.Trainer,
+    encode: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Features of `splits` in one inference pass: one DataLoader, so worker processes start once."""
+    """Features (or what `encode` computes) of `splits` in one inference pass: one DataLoader, so worker
+    processes start once."""
     datasets = [images.datasets[split] for split in splits]
     log.info(
-        "feature cache: computing the features of %s",
+        "feature cache: computing the %s of %s",
+        "features" if encode is None else "cached tensors",
         ", ".join(f"{len(dataset)} {split}" for split, dataset in zip(splits, datasets, strict=True)),
     )
     workers = images.hparams.num_workers
@@ -194,7 +208,7 @@ def compute_missing_splits(
     # Forked RNG: the training that follows draws the same random numbers as without a cache.
     with torch.random.fork_rng(devices=[]):
         features, labels = compute_features(
-            module.to(device), loader, device, trainer.precision_plugin.forward_context
+            module.to(device), loader, device, trainer.precision_plugin.forward_context, encode
         )
     module.to(home)
     sizes = [len(dataset) for dataset in datasets]

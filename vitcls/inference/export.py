@@ -8,7 +8,10 @@
     OUT_DIR/model.onnx         with onnx=True: dynamic batch, verified against PyTorch on real images
                                (plus model.onnx.data when the exporter keeps the weights beside the graph)
 
-The network is rebuilt with `ImageClassifier.from_config`, the constructor that training used.
+The network is rebuilt with `ImageClassifier.from_config`, the constructor that training used. A LoRA
+adapter is merged into the backbone's weights before writing (config.json then holds no adapter, and records
+the merged one under `source`): loading an export never needs peft. VPT prompts are saved as the parameters
+they are (`prompts.tokens`) and the config keeps the adapter, so the prompted forward is rebuilt.
 """
 
 from __future__ import annotations
@@ -93,6 +96,17 @@ def verification_images(paths: list[str], data_root: str | None) -> list[str]:
     )
 
 
+def _adapter_lines(config: dict[str, Any]) -> list[str]:
+    merged, adapter = config["source"].get("merged_adapter"), config["model"].get("adapter")
+    settings = merged or adapter
+    if not settings:
+        return []
+    described = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "name")
+    if merged:
+        return ["", f"Trained with LoRA ({described}); the low-rank updates are merged into the weights."]
+    return ["", f"Adapter: {settings['name']} ({described}), part of the model."]
+
+
 def model_card(config: dict[str, Any], summary: dict[str, Any] | None) -> str:
     preprocessing = config["preprocessing"]
     lines = [
@@ -100,6 +114,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any] | None) -> str:
         "",
         f"Exported by vitcls {config['vitcls_version']} from `{config['source'].get('checkpoint')}` "
         f"(epoch {config['source'].get('epoch')}, step {config['source'].get('global_step')}).",
+        *_adapter_lines(config),
         "",
         "## Data",
         "",
@@ -176,8 +191,11 @@ def export_model(
 ) -> Path:
     """Write the export directory for `net` (built complete in a temporary folder, then moved)."""
     out_dir = Path(out_dir).expanduser().resolve()
-    net = net.eval().cpu()
+    merged = net.with_adapter_merged()
     source = dict(source or {})
+    if merged is not net:
+        source["merged_adapter"] = net.config["adapter"]
+    net = merged.eval().cpu()
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -148,6 +148,8 @@ def folder_metrics(
         "class_names": predictor.class_names,
         "num_samples": len(scored),
         "num_unscored": len(files) - len(scored),
+        "dtype": predictor.dtype,
+        "dtype_reason": predictor.precision.reason,
         # the same layout as eval.json, so one reader handles both
         "test": metrics,
         "per_class": per_class_report(matrix, predictor.class_names),

@@ -30,6 +30,7 @@ from vitcls.data.transforms import build_eval_transform
 from vitcls.errors import ConfigError
 from vitcls.inference.export import load_exported_network, read_config
 from vitcls.inference.onnx import ONNX_FILE, onnx_session
+from vitcls.precision import PrecisionChoice, inference_precision
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
 DECODE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -87,14 +88,20 @@ def collate(samples: list[tuple[int, Tensor | None, str | None]]) -> Batch:
 
 
 class TorchRunner:
-    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None):
+    """The network in float32; bfloat16/float16 run as autocast (matmuls in that dtype, norms and softmax in
+    float32), which keeps top-1 agreement with float32 high."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: str = "float32"):
         self.device = device
-        self.dtype = dtype or torch.float32
-        self.module = module.to(device=device, dtype=self.dtype)
+        self.module = module.to(device=device, dtype=torch.float32)
+        self.autocast_dtype = None if dtype == "float32" else getattr(torch, dtype)
 
     def __call__(self, images: Tensor) -> Tensor:
-        images = images.to(self.device, self.dtype, non_blocking=True)
-        return self.module(images).float().cpu()
+        images = images.to(self.device, torch.float32, non_blocking=True)
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            logits = self.module(images)
+        return logits.float().cpu()
 
 
 class OnnxRunner:
@@ -131,6 +138,7 @@ class Predictor:
         data_config: dict[str, Any],
         device: torch.device,
         num_workers: int | None = None,
+        precision: PrecisionChoice | None = None,
     ):
         self.runner = runner
         self.class_names = list(class_names)
@@ -138,6 +146,12 @@ class Predictor:
         self.transform = build_eval_transform(data_config)
         self.device = device
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.precision = precision or PrecisionChoice("32-true", "float32")
+
+    @property
+    def dtype(self) -> str:
+        """What the matmuls run in: float32, bfloat16 or float16 (autocast)."""
+        return self.precision.dtype
 
     @classmethod
     def from_pretrained(
@@ -145,16 +159,21 @@ class Predictor:
         directory: str | os.PathLike,
         device: str | None = None,
         backend: str = "torch",
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         num_workers: int | None = None,
     ) -> Predictor:
         """Load an export directory. `device`: cpu/cuda (default: cuda when available); `backend`: torch
-        or onnx (model.onnx, needs onnxruntime); `dtype` (torch backend): e.g. torch.bfloat16 on a GPU."""
+        or onnx (model.onnx, needs onnxruntime); `dtype` (torch backend): `auto` (bfloat16 autocast on CPUs
+        with AMX and on CUDA GPUs with bf16, else float32), or float32, bfloat16, float16 (a name or a
+        torch.dtype) to force one. `predictor.precision` says which, and why."""
         directory = Path(directory).expanduser()
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if backend == "onnx":
+            if dtype not in (None, "auto") and inference_precision(dtype, device.type).dtype != "float32":
+                raise ConfigError(f"backend='onnx' runs the exported float32 graph: dtype={dtype!r} needs backend='torch'")
+            precision = PrecisionChoice("32-true", "backend=onnx runs the exported float32 graph")
             config = read_config(directory)
             if not (directory / ONNX_FILE).is_file():
                 raise ConfigError(
@@ -162,12 +181,13 @@ class Predictor:
                 )
             runner = OnnxRunner(directory / ONNX_FILE, device)
         else:
+            precision = inference_precision(dtype, device.type)
             net, config = load_exported_network(directory)
-            runner = TorchRunner(net, device, getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            runner = TorchRunner(net, device, precision.dtype)
         preprocessing = {
             k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocessing"].items()
         }
-        return cls(runner, config["class_names"], preprocessing, device, num_workers)
+        return cls(runner, config["class_names"], preprocessing, device, num_workers, precision)
 
     # --- prediction --------------------------------------------------------------------------
     @torch.inference_mode()

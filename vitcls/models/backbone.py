@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
+from vitcls.checkpoints import UnsafeCheckpointError, refused_object, unsafe_file_message
 from vitcls.errors import ConfigError, VitclsError
 
 # Settings of vitcls 0.1 that a checkpoint or a command line may still carry, and what replaced them.
@@ -83,6 +84,9 @@ def create_backbone(
         try:  # timm reads the file with torch.load(weights_only=True): pickled code is refused too
             return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
+            reference = refused_object(error)
+            if reference is not None:
+                raise UnsafeCheckpointError(unsafe_file_message("model.weights", path, reference)) from error
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ConfigError(
                 f"model.weights={path.resolve()} does not load into model.name={name!r}: {reason}. Use a timm "

@@ -4,7 +4,8 @@ Every tap reads timm's own forward (`forward_features`, or `forward_intermediate
 backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
 Prefix tokens (CLS and register tokens, `num_prefix_tokens`) are not patches: `mean` averages the
 patch tokens only. Pooled taps then pass the model's `fc_norm` (an identity unless the model norms after
-pooling, as timm's `forward_head` does).
+pooling, as timm's `forward_head` does). With visual prompts (`adapter=vpt`), the tokens come from the prompted
+forward of `vitcls.models.prompts`, which drops the prompts from its outputs: no tap ever includes a prompt.
 
   cls       CLS token                                   (B, D)
   mean      mean of the patch tokens                    (B, D)
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import torch
 from timm.layers import global_pool_nlc
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vitcls.errors import ConfigError
+from vitcls.models.prompts import VisualPrompts
 
 # The pooled taps, as timm's `global_pool_nlc` pool types.
 POOLS = {"cls": ("token",), "mean": ("avg",), "cls+mean": ("token", "avg")}
@@ -80,21 +83,22 @@ class FeatureTap:
     def settings(self) -> dict:
         return {"features": self.features, "last_k": self.last_k}
 
-    def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
+    def __call__(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None = None) -> Tensor:
         if self.features == "last_k":
-            intermediates = backbone.forward_intermediates(
-                images,
-                indices=self.last_k,
-                norm=True,
-                output_fmt="NLC",
-                intermediates_only=True,
-                return_prefix_tokens=True,
-            )
-            return self.from_block_cls_tokens([prefix[:, 0] for _, prefix in intermediates])
-        return self.from_tokens(backbone, backbone.forward_features(images))
+            return torch.cat([tokens[:, 0] for tokens in self._last_blocks(backbone, images, prompts)], dim=-1)
+        tokens = backbone.forward_features(images) if prompts is None else prompts(backbone, images)[0]
+        return self._pool(backbone, tokens)
 
     def from_tokens(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
         """This tap of the final (normed) tokens of `forward_features`; not for `last_k`."""
+        return self._pool(backbone, tokens)
+
+    def from_block_cls_tokens(self, cls_tokens: list[Tensor]) -> Tensor:
+        """`last_k` of the normed CLS tokens of the last blocks (at least `last_k` of them, oldest first)."""
+        return torch.cat(cls_tokens[len(cls_tokens) - self.last_k :], dim=-1)
+
+    def _pool(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
+        """Final-norm tokens -> the pooled taps (or all tokens)."""
         if self.features == "tokens":
             return tokens
         pooled = [
@@ -105,9 +109,59 @@ class FeatureTap:
         ]
         return torch.cat(pooled, dim=-1)
 
-    def from_block_cls_tokens(self, cls_tokens: list[Tensor]) -> Tensor:
-        """`last_k` of the normed CLS tokens of the last blocks (at least `last_k` of them, oldest first)."""
-        return torch.cat(cls_tokens[len(cls_tokens) - self.last_k :], dim=-1)
+    def _last_blocks(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None) -> list[Tensor]:
+        """The tokens after each of the last k blocks, through the final norm (prefix tokens first)."""
+        if prompts is not None:
+            depth = len(backbone.blocks)
+            return prompts(backbone, images, take=range(depth - self.last_k, depth))[1]
+        intermediates = backbone.forward_intermediates(
+            images,
+            indices=self.last_k,
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        return [prefix for _, prefix in intermediates]
+
+    # --- the backbone split before a block: cached tokens in, the same features out ----------------
+    def check_split(self, backbone: nn.Module, start: int) -> None:
+        """Can the features be computed from the tokens entering `blocks[start]`?"""
+        if not isinstance(backbone, VisionTransformer):
+            raise ConfigError(
+                f"caching the tokens entering a block needs a timm VisionTransformer; {type(backbone).__name__} "
+                "runs its blocks its own way (set feature_cache.enabled=false)"
+            )
+        depth = len(backbone.blocks)
+        if self.features == "last_k" and depth - self.last_k < start - 1:
+            raise ConfigError(
+                f"tap.features=last_k reads the last {self.last_k} blocks, but with the tokens cached before block "
+                f"{start} only the last {depth - start + 1} are computed: set tap.last_k <= {depth - start + 1} "
+                "or train more blocks"
+            )
+
+    @staticmethod
+    def tokens_before(backbone: nn.Module, images: Tensor, start: int) -> Tensor:
+        """The tokens entering `blocks[start]`: timm's forward_features up to there."""
+        x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
+        for block in backbone.blocks[:start]:
+            x = block(x)
+        return x
+
+    def from_tokens_before(self, backbone: nn.Module, tokens: Tensor, start: int) -> Tensor:
+        """The features that `self(backbone, images)` gives, from `tokens_before(backbone, images, start)`."""
+        self.check_split(backbone, start)
+        depth = len(backbone.blocks)
+        if self.features != "last_k":
+            return self._pool(backbone, backbone.norm(backbone.blocks[start:](tokens)))
+        first = depth - self.last_k  # the first block whose output (through the final norm) is read
+        outputs = [tokens] if first == start - 1 else []
+        x = tokens
+        for index in range(start, depth):
+            x = backbone.blocks[index](x)
+            if index >= first:
+                outputs.append(x)
+        return torch.cat([backbone.norm(y)[:, 0] for y in outputs], dim=-1)
 
 
 class TapSet:

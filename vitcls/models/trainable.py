@@ -5,13 +5,17 @@
   train_blocks=N     the last N transformer blocks and the final norm(s) train; the stem (patch and
                      position embeddings, CLS/register tokens) and the earlier blocks are frozen
   bitfit=true        of what train_blocks lets train, only biases and norm parameters do
+  adapter            its parameters (LoRA factors, VPT prompts) train whatever the two settings above say
 
 Frozen parameters get `requires_grad=False` (so the optimizer, built from trainable parameters only,
 never sees them), and the modules that are frozen as a whole are returned so that the classifier keeps
-them in eval mode (no dropout or drop-path noise in features they compute).
+them in eval mode (no dropout or drop-path noise in features they compute). A block that holds LoRA
+factors is not frozen as a whole: it runs in train mode, so LoRA's dropout applies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from timm.layers import RmsNorm
 from torch import nn
@@ -38,9 +42,26 @@ def trailing_blocks(train_blocks: str | int, depth: int) -> int:
 
 
 def apply_trainability(
-    backbone: nn.Module, train_blocks: str | int = "all", bitfit: bool = False
+    backbone: nn.Module,
+    train_blocks: str | int = "all",
+    bitfit: bool = False,
+    adapter_parameters: Iterable[nn.Parameter] = (),
 ) -> list[nn.Module]:
-    """Freeze what `train_blocks`/`bitfit` leave out; return the modules frozen as a whole (run in eval)."""
+    """Freeze what `train_blocks`/`bitfit` leave out, keep `adapter_parameters` trainable; return the modules
+    of the backbone frozen as a whole (run in eval)."""
+    frozen = _freeze(backbone, train_blocks, bitfit)
+    adapter_parameters = list(adapter_parameters)
+    if not adapter_parameters:
+        return frozen
+    for parameter in adapter_parameters:
+        parameter.requires_grad_(True)
+    in_backbone = {id(p) for p in backbone.parameters()}
+    if frozen == [backbone] and any(id(p) in in_backbone for p in adapter_parameters):  # LoRA, not prompts
+        frozen = [getattr(backbone, name) for name in STEM if hasattr(backbone, name)] + list(backbone.blocks)
+    return [module for module in frozen if not any(p.requires_grad for p in module.parameters())]
+
+
+def _freeze(backbone: nn.Module, train_blocks: str | int, bitfit: bool) -> list[nn.Module]:
     if not hasattr(backbone, "blocks"):
         raise ConfigError(f"model.train_blocks needs a ViT with `blocks`; {type(backbone).__name__} has none")
     depth = len(backbone.blocks)
@@ -50,8 +71,8 @@ def apply_trainability(
             "model.bitfit=true trains the biases of trainable blocks, but model.train_blocks=none "
             "freezes them all; set model.train_blocks=all (BitFit) or a number of last blocks."
         )
+    backbone.requires_grad_(trained > 0)  # an adapter may have frozen it already (peft does)
     if trained == 0:
-        backbone.requires_grad_(False)
         return [backbone]
 
     frozen: list[nn.Module] = []

@@ -107,6 +107,13 @@ def test_bad_bank_lists_are_refused_with_a_clear_error(overrides, message):
         assert all(name in str(error.value) for name in HEADS)  # the error lists the registered heads
 
 
+def test_a_bank_with_an_adapter_is_refused():
+    from vitcls.bank.run import check_bank_settings
+
+    with pytest.raises(ConfigError, match="adapter=none"):
+        check_bank_settings(compose_config("train", ["bank=default", "adapter=lora"]))
+
+
 def test_a_bank_on_a_backbone_that_trains_is_refused_with_the_reason_and_the_alternative(tmp_path):
     result = run_cli("train.py", "bank=default", "model.train_blocks=last_2", f"data.root={tmp_path}",
                      f"hydra.run.dir={tmp_path / 'run'}", *FAST_OVERRIDES, expect_success=False)

@@ -85,6 +85,12 @@ def check_bank_settings(cfg: DictConfig) -> None:
             "needs model.train_blocks=none. To compare designs that fine-tune the backbone, run one job per "
             f"design: python train.py -m head=linear,mlp model.train_blocks={train_blocks} ..."
         )
+    if cfg.get("adapter") is not None:
+        raise ConfigError(
+            "bank: an adapter (LoRA, VPT) trains inside the shared backbone, so every head's loss would train it "
+            "and no head would be the design it names. Use adapter=none with bank=, or compare adapters with a "
+            "multirun: python train.py -m adapter=none,lora ..."
+        )
     for key, node in (cfg.get("callbacks") or {}).items():
         if key in _REFUSED_CALLBACKS and node:
             raise ConfigError(f"bank: {_REFUSED_CALLBACKS[key]}; drop it (callbacks=default) or run a multirun")

@@ -341,7 +341,7 @@ def test_a_sweep_killed_in_its_third_job_goes_on_with_resume_true(image_folder_f
     assert resumed.exit_code == 0 and "test/acc" in resumed.metric_keys
 
     run_script("-m", "vitcls.cli.compare", str(sweep))
-    assert [row["status"] for row in read_csv(sweep / "compare.csv")] == ["ok"] * 4
+    assert [row["status"] for row in read_csv(sweep / "compare_jobs.csv")] == ["ok"] * 4
 
 
 def test_a_missing_sweeper_plugin_is_one_line_saying_what_to_install(monkeypatch):

@@ -26,7 +26,7 @@ PROBABILITY_PREFIX = "prob_"
 
 def write_predictions(path: Path, samples: Sequence[Any], probabilities: Any, class_names: Sequence[str]) -> Path:
     """One row per sample (`.path`, `.label`) with its softmax row of `probabilities` (tensor or array, (N, C))."""
-    probabilities = np.asarray(probabilities.detach().cpu() if hasattr(probabilities, "detach") else probabilities,
+    probabilities = np.asarray(probabilities.detach().float().cpu() if hasattr(probabilities, "detach") else probabilities,
                                dtype=np.float64)
     if len(samples) != len(probabilities):
         raise ValueError(f"{len(samples)} samples but {len(probabilities)} rows of probabilities for {path}")

@@ -200,7 +200,7 @@ class ClassifierModule(L.LightningModule):
         self.metrics[f"{split}_split"].update(logits, targets)
         self.confusion[f"{split}_split"].update(logits, targets)
         if self._keeps_predictions(split):
-            self.predictions[split].append(logits.softmax(dim=-1).cpu())
+            self.predictions[split].append(logits.float().softmax(dim=-1).cpu())
         return logits
 
     def _log_epoch_metrics(self, split: str) -> None:

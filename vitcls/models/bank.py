@@ -255,7 +255,7 @@ class BankModule(L.LightningModule):
         record.predicted.append(logits.argmax(dim=-1))
         record.targets.append(targets)
         if self._keeps_predictions(split):
-            record.probabilities.append(logits.softmax(dim=-1).transpose(0, 1).cpu())
+            record.probabilities.append(logits.float().softmax(dim=-1).transpose(0, 1).cpu())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if batch is not None:

@@ -124,3 +124,13 @@ def test_adaptation_cost_bench(tmp_path):
     assert len(rungs) == 8 and all(r["images_per_s"] > 0 for r in rungs.values())
     assert rungs["lora"]["trainable_params"] == 73_728 + 192 * 10 + 10
     assert rungs["linear_probe"]["step_mem_mb"] < rungs["full_finetune"]["step_mem_mb"]
+
+
+def test_head_bank_bench(fruits_root, tmp_path):
+    from bench import head_bank
+
+    head_bank.main(["--tiny", "--data-root", str(fruits_root), "--out", str(tmp_path)])
+    values = results(tmp_path, "head_bank")
+    assert values["single_s"] > 0 and values["bank_s"] > 0 and values["multirun_cached_s"] > 0
+    assert values["designs"] == 8 and values["bank_train_images_per_s"] > 0
+    assert values["max_test_acc_difference_bank_vs_multirun"] <= 0.01

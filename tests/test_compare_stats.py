@@ -138,3 +138,24 @@ def test_an_estimate_without_predictions_uses_the_seeds_and_none_for_one_seed():
     single = estimate([0.7], None, (0.0, 1.0))
     assert np.isnan(single.ci_low) and np.isnan(single.std) and single.n == 1
     assert estimate([0.99, 1.0, 1.0], None, (0.0, 1.0)).ci_high == 1.0  # clipped to the metric's range
+
+
+def test_runs_sharing_a_directory_are_resampled_from_their_own_predictions(tmp_path):
+    # the heads of a bank: one run directory, one predictions file per head
+    from types import SimpleNamespace
+
+    from vitcls.compare.runs import Run
+    from vitcls.compare.scoring import RunReplicates
+    from vitcls.compare.stats import Resampler
+    from vitcls.predictions import write_predictions
+
+    samples = [SimpleNamespace(path=f"img{i}.jpg", label=i % 2) for i in range(40)]
+    right = torch.tensor([[1.0, 0.0] if s.label == 0 else [0.0, 1.0] for s in samples])
+    runs = []
+    for name, probabilities in {"good": right, "bad": right.flip(1)}.items():
+        path = write_predictions(tmp_path / f"{name}.csv", samples, probabilities, ["a", "b"])
+        runs.append(Run(name=name, directory=tmp_path, settings={}, status="ok", class_names=["a", "b"],
+                        predictions={"test": path}))
+    replicates = RunReplicates(Resampler(50), {"test": ["acc"]})
+    good, bad = (replicates.get(run, "test")["acc"] for run in runs)
+    assert np.all(good == 1.0) and np.all(bad == 0.0)

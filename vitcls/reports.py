@@ -98,14 +98,18 @@ def save_confusion_matrix(
     out_dir: str | Path,
     stem: str = "confusion_matrix",
     title: str | None = None,
+    png: bool = True,
 ) -> dict[str, Path]:
-    """Write `{stem}.csv` (raw counts) and `{stem}.png` (heatmap coloured by recall, annotated with counts)."""
+    """Write `{stem}.csv` (raw counts) and, with `png`, `{stem}.png` (heatmap coloured by recall, annotated
+    with counts)."""
     counts = confusion_counts(confusion, len(class_names))
     out_dir = Path(out_dir)
     rows = [["true\\pred", *class_names]] + [
         [name, *row] for name, row in zip(class_names, counts.tolist(), strict=True)
     ]
     csv_path = write_text_atomic(out_dir / f"{stem}.csv", _csv_text(rows))
+    if not png:
+        return {"csv": csv_path}
     fig = _confusion_figure(counts, class_names, title or "Confusion matrix")
     png_path = _save_figure(fig, out_dir / f"{stem}.png")
     return {"csv": csv_path, "png": png_path}

@@ -196,18 +196,23 @@ def training_batches(
     return batches
 
 
+def fit(trainer: L.Trainer, module: L.LightningModule, batches: ImageFolderDataModule, ckpt_path: str | None) -> None:
+    """`trainer.fit`; a Ctrl+C that Lightning handled stays a KeyboardInterrupt (not a plain exit)."""
+    try:
+        trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise
+    except SystemExit as stopped:  # Lightning exits with status 1 after a KeyboardInterrupt it handled
+        if trainer.interrupted:
+            raise KeyboardInterrupt from stopped
+        raise
+
+
 def fit_and_test(
     trainer: L.Trainer, module: ClassifierModule, batches: ImageFolderDataModule, ckpt_path: str | None
 ) -> FitOutcome:
     with ddp_scoped_to_this_hydra_job(trainer):
-        try:
-            trainer.fit(module, datamodule=batches, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:
-            raise
-        except SystemExit as stopped:  # Lightning exits with status 1 after a KeyboardInterrupt it handled
-            if trainer.interrupted:
-                raise KeyboardInterrupt from stopped
-            raise
+        fit(trainer, module, batches, ckpt_path)
         best_path, best_epoch, best_score = best_checkpoint(trainer)
         # The val metrics of exactly the checkpoint that is tested (the module keeps them off the loggers)
         trainer.validate(module, datamodule=batches, ckpt_path=best_path, verbose=False, weights_only=True)
@@ -300,7 +305,7 @@ def skipped_run(run_dir: Path, plan: RunPlan) -> dict[str, Any]:
     return read_json(run_dir / SUMMARY_FILE)
 
 
-def _quiet_expected_warnings() -> None:
+def quiet_expected_warnings() -> None:
     # The run directory is also the CSV logger's directory: it holds the config before the logger starts.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # A resumed run writes its checkpoints beside the ones it resumes from (a new run has them moved aside).
@@ -311,9 +316,14 @@ def _quiet_expected_warnings() -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test and report. Returns the summary (also written to `<output_dir>/summary.json`)."""
+    """Train, test and report (a head bank with `bank=...`). Returns the summary (also written to
+    `<output_dir>/summary.json`)."""
+    if cfg.get("bank") is not None:  # python train.py bank=<name>: K heads on one frozen backbone
+        from vitcls.bank.run import run as run_bank
+
+        return run_bank(cfg)
     started = time.time()
-    _quiet_expected_warnings()
+    quiet_expected_warnings()
     run_dir, plan = prepare_run(cfg)
     if plan.action == "skip":
         return skipped_run(run_dir, plan)

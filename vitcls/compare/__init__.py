@@ -11,8 +11,8 @@ Data flow, one module per step:
   figures                           compare.png (designs with intervals, or learning curves with `--x`)
   vitcls.loggers.wandb              with `--wandb`: the table and figure in one run of the sweep's W&B group
 
-Extending: a run directory that holds several designs (a bank of heads) becomes several `Run` records in
-`runs.load_run`; a number every run reports (peak memory, images/s) is one entry of `runs.FACTS` and
+A head-bank run (bank.json) is one `Run` per head (`runs.load_runs`): another run directory that holds several
+designs would be read the same way. A number every run reports (peak memory, images/s) is one entry of `runs.FACTS` and
 becomes a column of the design table (its mean over seeds).
 """
 

@@ -35,7 +35,8 @@ def _interval(row: dict[str, Any], key: MetricKey) -> tuple[float | None, float 
 
 def _error_bar(ax, position: float, mean, low, high, colour: str, marker: str):
     if mean is not None:
-        error = None if low is None else [[mean - low], [high - mean]]
+        # A float32 metric can read 1.0000001: its interval, clipped to the metric's range, then ends below it.
+        error = None if low is None else [[max(mean - low, 0.0)], [max(high - mean, 0.0)]]
         ax.errorbar([mean], [position], xerr=error, fmt=marker, color=colour, capsize=3)
 
 

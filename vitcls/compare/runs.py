@@ -3,6 +3,10 @@
 A job directory is one with `summary.json`, `FAILED.json` or Hydra's `.hydra/overrides.yaml`. Its settings
 are its Hydra overrides (or, without them, its flattened config.yaml); its metrics, the `val` and `test`
 objects of summary.json; its per-image predictions, `val_predictions.csv` and `test_predictions.csv`.
+
+A head-bank run (`bank.json` beside summary.json) is one `Run` per head: its settings the overrides that train
+that head alone (the job's own overrides included, so a multirun of banks over seeds pools each head's seeds),
+its metrics and prediction files those of the head at its own best validation epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vitcls.bank.report import BANK_FILE
 from vitcls.design_keys import parse_overrides
 from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, OVERRIDES_FILE, PREDICTIONS_FILES, SUMMARY_FILE
 
@@ -108,6 +113,38 @@ def load_run(directory: Path, sweep_dir: Path) -> Run:
     return run
 
 
+def load_bank_heads(run: Run, bank: dict[str, Any]) -> list[Run]:
+    """A finished bank run as one `Run` per head (a head that stopped on a non-finite loss as failed)."""
+    heads = []
+    for head in bank.get("heads") or []:
+        files = head.get("files") or {}
+        heads.append(Run(
+            name=f"{run.name}[{head['name']}]",
+            directory=run.directory,
+            settings={**run.settings, **parse_overrides(head.get("overrides") or [])},
+            status="ok" if head.get("status") == "ok" else "failed",
+            metrics={split: {k: float(v) for k, v in (head.get(split) or {}).items() if v is not None}
+                     for split in SPLITS},
+            facts={**{k: v for k, v in run.facts.items() if k != "params_trainable"},
+                   **({"params_trainable": float(head["params"]["trainable"])} if head.get("params") else {})},
+            class_names=run.class_names,
+            predictions={split: run.directory / files[f"{split}_predictions"] for split in SPLITS
+                         if f"{split}_predictions" in files and (run.directory / files[f"{split}_predictions"]).is_file()},
+            error="" if head.get("status") == "ok" else str(head.get("status")),
+        ))
+    return heads
+
+
+def load_runs(directory: Path, sweep_dir: Path) -> list[Run]:
+    """The `Run` of a job directory, or one per head of a finished head-bank run."""
+    run = load_run(directory, sweep_dir)
+    bank_file = directory / BANK_FILE
+    if run.status != "ok" or not bank_file.is_file():
+        return [run]
+    run.settings = {k: v for k, v in run.settings.items() if not (k == "bank" or k.startswith("bank."))}
+    return load_bank_heads(run, json.loads(bank_file.read_text()))
+
+
 def _sweeper(job_dirs: list[Path], sweep_dir: Path) -> str:
     if (sweep_dir / OPTUNA_RESULTS_FILE).is_file():
         return "optuna"
@@ -130,4 +167,5 @@ def read_sweep(sweep_dir: Path) -> Sweep:
     markers = (SUMMARY_FILE, FAILURE_FILE, str(OVERRIDES_FILE))
     directories = {path.parent for marker in markers for path in sweep_dir.rglob(marker)}
     directories = sorted({d.parent if d.name == ".hydra" else d for d in directories}, key=_natural_key)
-    return Sweep(sweep_dir, [load_run(d, sweep_dir) for d in directories], _sweeper(directories, sweep_dir))
+    runs = [run for directory in directories for run in load_runs(directory, sweep_dir)]
+    return Sweep(sweep_dir, runs, _sweeper(directories, sweep_dir))

@@ -73,9 +73,9 @@ class RunReplicates:
         self._cache: dict[tuple[str, str], dict[str, np.ndarray] | None] = {}
 
     def get(self, run: Run, split: str) -> dict[str, np.ndarray] | None:
-        key = (str(run.directory), split)
+        path = run.predictions.get(split)
+        key = (str(path or run.directory), split)  # the heads of a bank share a directory, not a predictions file
         if key not in self._cache:
-            path = run.predictions.get(split)
             if path is None or not run.class_names:
                 self._cache[key] = None
             else:

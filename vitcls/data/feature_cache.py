@@ -84,11 +84,22 @@ def feature_fingerprint(
 ) -> dict[str, Any]:
     """Everything except the files that determines `module.net.features(transform(image))`."""
     net = module.net
+    return tap_fingerprint(
+        net.config["backbone"], state_hash(net.backbone), net.config["tap"], transform, data_config, precision
+    )
+
+
+def tap_fingerprint(
+    backbone_config: dict[str, Any], backbone_sha256: str, tap: dict[str, Any], transform: Callable,
+    data_config: dict[str, Any], precision: str,
+) -> dict[str, Any]:
+    """The fingerprint of one feature tap of a backbone (its settings and `state_hash`): a head bank keys each of
+    its taps as the lone run of that tap does, so the two share cache entries."""
     return {
         "format": FORMAT_VERSION,
-        "backbone": {k: v for k, v in net.config["backbone"].items() if k not in _NOT_FEATURE_SETTINGS},
-        "backbone_state_sha256": state_hash(net.backbone),
-        "feature_tap": dict(net.config["tap"]),
+        "backbone": {k: v for k, v in backbone_config.items() if k not in _NOT_FEATURE_SETTINGS},
+        "backbone_state_sha256": backbone_sha256,
+        "feature_tap": dict(tap),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "transform": repr(transform),
         "precision": precision,

@@ -133,8 +133,10 @@ class VitclsWandbLogger(WandbLogger):
     `log_config` has named them they are not sent again.
     """
 
-    def __init__(self, *args: Any, prediction_table_rows: int = 64, thumbnail_size: int = 64, **kwargs: Any):
+    def __init__(self, *args: Any, prediction_table_rows: int = 64, thumbnail_size: int = 64,
+                 bank_head_runs: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.bank_head_runs = bank_head_runs  # a head bank also logs each head as its own run in its group
         # Lightning always passes `anonymous` to wandb.init (None when unset); wandb >= 0.19 warns that the
         # setting has no effect whatever its value.
         self._wandb_init.pop("anonymous", None)
@@ -254,6 +256,8 @@ def create_wandb_logger(
     )
     if rank_zero_only.rank == 0:
         write_text_atomic(Path(save_dir) / RUN_ID_FILE, run_id + "\n")
+    if kwargs.get("bank_head_runs") and not (group or sweep_group):
+        group = f"bank_{Path(save_dir).resolve().name}"  # the bank's run and its heads' runs side by side
     return VitclsWandbLogger(
         offline=offline,
         group=group or sweep_group,
@@ -294,6 +298,53 @@ def log_test_results(
             probabilities,
             confusion_png,
         )
+
+
+def log_bank_results(
+    loggers: Sequence[Logger], rows: Sequence[dict[str, Any]], selected: str, figure: Path,
+    history: Sequence[dict[str, Any]], heads: Sequence[dict[str, Any]],
+) -> None:
+    """A head bank's results to every W&B logger: the table of all heads (`selected` marks the one chosen on
+    validation) and the bank figure in the bank's run; with `logger.wandb.bank_head_runs=true`, each head also as
+    a run of its own in the same group (its per-epoch metrics from `history`, val and test in its summary)."""
+    loggers = wandb_loggers(loggers)
+    if not loggers:
+        return
+    import wandb
+
+    for logger in loggers:
+        columns = list(rows[0]) if rows else []
+        logger.experiment.log({
+            "bank/heads": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
+            "bank/figure": wandb.Image(str(figure)),
+        })
+        logger.experiment.summary["bank/selected"] = selected
+        if logger.bank_head_runs:
+            _log_head_runs(logger, history, heads)
+
+
+def _log_head_runs(logger: VitclsWandbLogger, history: Sequence[dict[str, Any]], heads: Sequence[dict[str, Any]]) -> None:
+    import wandb
+
+    bank_run = logger.experiment
+    for head in heads:
+        prefix = f"head/{head['name']}/"
+        run = wandb.init(
+            project=logger._wandb_init.get("project"), group=bank_run.group or None, name=head["name"],
+            job_type="bank_head", dir=str(logger.save_dir), mode="offline" if logger._offline else "online",
+            reinit="create_new",  # leaves the bank's run the active one
+            config={"design": head["name"], "bank_run": bank_run.id, "overrides": head["overrides"],
+                    **{f"design/{k}": v for k, v in head["design"].items()}},
+        )
+        try:
+            for entry in history:
+                values = {k.removeprefix(prefix): v for k, v in entry.items() if k.startswith(prefix)}
+                if values:
+                    run.log({**values, "epoch": entry["epoch"]}, step=entry["step"])
+            run.summary.update({f"best/{split}/{k}": v for split in ("val", "test") for k, v in (head.get(split) or {}).items()})
+            run.summary.update({"best_epoch": head["best_epoch"], "rank": head["rank"], "status": head["status"]})
+        finally:
+            run.finish()
 
 
 def finish_wandb(exit_code: int) -> None:

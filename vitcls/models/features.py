@@ -79,11 +79,23 @@ class FeatureTap:
                 f"all tokens: use cls, mean, cls+mean or last_k (or head=attention_pool)"
             )
 
+    @property
+    def settings(self) -> dict:
+        return {"features": self.features, "last_k": self.last_k}
+
     def __call__(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None = None) -> Tensor:
         if self.features == "last_k":
             return torch.cat([tokens[:, 0] for tokens in self._last_blocks(backbone, images, prompts)], dim=-1)
         tokens = backbone.forward_features(images) if prompts is None else prompts(backbone, images)[0]
         return self._pool(backbone, tokens)
+
+    def from_tokens(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
+        """This tap of the final (normed) tokens of `forward_features`; not for `last_k`."""
+        return self._pool(backbone, tokens)
+
+    def from_block_cls_tokens(self, cls_tokens: list[Tensor]) -> Tensor:
+        """`last_k` of the normed CLS tokens of the last blocks (at least `last_k` of them, oldest first)."""
+        return torch.cat(cls_tokens[len(cls_tokens) - self.last_k :], dim=-1)
 
     def _pool(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
         """Final-norm tokens -> the pooled taps (or all tokens)."""
@@ -150,3 +162,26 @@ class FeatureTap:
             if index >= first:
                 outputs.append(x)
         return torch.cat([backbone.norm(y)[:, 0] for y in outputs], dim=-1)
+
+
+class TapSet:
+    """Several taps of one backbone from a single forward pass: `forward_features`, or, when a `last_k` tap
+    is among them, `forward_intermediates` over the deepest k needed, whose final tokens are the same
+    computation. Each tap's output equals what the tap computes alone."""
+
+    def __init__(self, taps: list[FeatureTap]):
+        self.taps = list(taps)
+        self.blocks_needed = max((tap.last_k for tap in self.taps if tap.features == "last_k"), default=0)
+
+    def __call__(self, backbone: nn.Module, images: Tensor) -> list[Tensor]:
+        if not self.blocks_needed:
+            tokens = backbone.forward_features(images)
+            return [tap.from_tokens(backbone, tokens) for tap in self.taps]
+        tokens, intermediates = backbone.forward_intermediates(
+            images, indices=self.blocks_needed, norm=True, output_fmt="NLC", return_prefix_tokens=True
+        )
+        cls_tokens = [prefix[:, 0] for _, prefix in intermediates]
+        return [
+            tap.from_block_cls_tokens(cls_tokens) if tap.features == "last_k" else tap.from_tokens(backbone, tokens)
+            for tap in self.taps
+        ]

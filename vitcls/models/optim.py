@@ -47,14 +47,26 @@ def create_optimizer(
     prompt_parameters = [p for p in prompts.parameters() if p.requires_grad] if prompts is not None else []
     if prompt_parameters:
         groups.append({"params": prompt_parameters, "weight_decay": 0.0, "lr": lr, "name": "prompts_no_decay"})
-    for group in param_groups_weight_decay(head, weight_decay):
-        if group["params"]:
-            groups.append({**group, "lr": head_lr or lr, "name": "head" + _decay_suffix(group)})
+    groups += head_param_groups(head, head_lr or lr, weight_decay)
+    return optimizer_of_groups(groups, opt, lr, weight_decay, **opt_kwargs)
+
+
+def optimizer_of_groups(groups: list[dict], opt: str, lr: float, weight_decay: float, **opt_kwargs) -> Optimizer:
+    """timm's optimizer `opt` over explicit parameter groups (each with its own lr and weight decay)."""
     if not groups:
         raise ConfigError("no trainable parameters: the backbone is frozen and the head has none")
     if "betas" in opt_kwargs:
         opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
     return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=weight_decay, **opt_kwargs)
+
+
+def head_param_groups(head: nn.Module, lr: float, weight_decay: float, name: str = "head") -> list[dict]:
+    """The head's parameters at `lr`: weight decay on matrices, none on 1-d tensors (biases, norms)."""
+    return [
+        {**group, "lr": lr, "name": name + _decay_suffix(group)}
+        for group in param_groups_weight_decay(head, weight_decay)
+        if group["params"]
+    ]
 
 
 def backbone_param_groups(backbone: nn.Module, lr: float, weight_decay: float, layer_decay: float | None) -> list[dict]:

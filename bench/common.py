@@ -102,11 +102,26 @@ def _pss(process: psutil.Process) -> int:
 PHASE_FILE_ENV = "VITCLS_BENCH_PHASE_FILE"
 
 
-def mark_phase(name: str) -> None:
-    """In a measured child process: memory sampled from now on counts towards phase `name`."""
+def _sampled_file(phase_file: Path) -> Path:
+    return phase_file.with_suffix(".sampled")
+
+
+def mark_phase(name: str, wait_s: float = 10.0) -> None:
+    """In a measured child process: memory sampled from now on counts towards phase `name`. First waits (at
+    most `wait_s`) until the parent has sampled the phase that ends here, so a phase shorter than the
+    sampling interval still gets its reading."""
     path = os.environ.get(PHASE_FILE_ENV)
-    if path:
-        Path(path).write_text(name)
+    if not path:
+        return
+    phase_file = Path(path)
+    ending = phase_file.read_text().strip()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        sampled = _sampled_file(phase_file)
+        if sampled.is_file() and sampled.read_text().strip() == ending:
+            break
+        time.sleep(0.01)
+    phase_file.write_text(name)
 
 
 def run_measured(command: list[str], log_path: Path, env: dict | None = None, poll_s: float = 0.5) -> dict:
@@ -130,6 +145,7 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None, po
                 used = sum(_pss(p) for p in tree)
                 phase = phase_file.read_text().strip() or "setup"
                 peaks[phase] = max(peaks.get(phase, 0), used)
+                _sampled_file(phase_file).write_text(phase)
             except (psutil.Error, OSError):
                 pass  # a worker ended between listing and reading
             time.sleep(poll_s)

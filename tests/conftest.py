@@ -31,6 +31,15 @@ FAST_OVERRIDES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process(monkeypatch):
+    """A W&B run opened inside the pytest process saves its service's address in WANDB_SERVICE; child processes
+    would inherit it and share that service, which still holds the runs of a child killed by a test (a resumed
+    run then fails with "run ID ... is in use"). Every process a test starts gets a service of its own, as for
+    a user."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def fruits_root() -> Path:
     if not (FRUITS_ROOT / "train").is_dir():

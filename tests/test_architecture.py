@@ -45,6 +45,14 @@ def test_wandb_still_imports_after_the_predictor():
     assert loaded_heavy_packages("from vitcls import Predictor\nimport wandb") == ["wandb"]
 
 
+def test_training_start_up_leaves_wandb_to_the_wandb_logger():
+    # timm would import wandb for its own training script (half a second of every train.py/eval.py start-up).
+    code = ("from vitcls.cli.hydra_job import hydra_entry_point\nhydra_entry_point('train', print)\n"
+            "import vitcls.train, vitcls.bank.run, vitcls.cli.eval")
+    assert "wandb" not in loaded_heavy_packages(code)
+    assert "wandb" in loaded_heavy_packages(f"{code}\nimport wandb")  # hidden only while timm imports
+
+
 def console_scripts() -> dict[str, str]:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 

@@ -162,6 +162,9 @@ def hydra_entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Cal
     """A console script that composes `conf/<config_name>.yaml` with the command line and runs `run(cfg)`."""
     import hydra
 
+    from vitcls.timm_import import import_timm_without_wandb
+
+    import_timm_without_wandb()  # first: vitcls.config imports timm
     from vitcls.config import config_dir, register_resolvers
 
     register_resolvers()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,29 @@ def test_each_bank_head_equals_its_lone_run_with_the_same_seed(bank_run, tmp_pat
     # the heads really differ: equal predictions above are not those of one trivial classifier
     predicted = {n: read_predictions(bank_run / h["files"]["test_predictions"])[0] for n, h in by_type.items()}
     assert len({tuple(p) for p in predicted.values()}) > 1 or min(h["test"]["acc"] for h in by_type.values()) < 1
+
+
+@pytest.mark.slow
+def test_a_bank_killed_after_its_first_checkpoint_resumes_to_the_same_heads(bank_run, close_folder, tmp_path):
+    """SIGKILL in the second epoch, then ckpt_path=last: every head ends as in the uninterrupted bank (its
+    weights, its best epoch and val score so far, its dropout stream and the data order come back)."""
+    reference = bank_of(bank_run)
+    steps_per_epoch = reference["global_steps"] // reference["epochs_trained"]
+    run_dir, marker = tmp_path / "run", tmp_path / "killed"
+    command = [*BANK_LISTS, f"data.root={close_folder}", f"hydra.run.dir={run_dir}", *FAST_OVERRIDES, *EPOCHS,
+               "+callbacks.stop._target_=fault_injection.SignalAt", "+callbacks.stop.signal_name=SIGKILL",
+               f"+callbacks.stop.step={steps_per_epoch + 1}", f"+callbacks.stop.marker={marker}"]
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    killed = run_cli("train.py", *command, expect_success=False, env=env)
+    assert killed.returncode == -signal.SIGKILL and marker.is_file() and not (run_dir / "bank.json").exists()
+    run_cli("train.py", *command, "ckpt_path=last", env=env)
+    resumed = bank_of(run_dir)
+    assert resumed["global_steps"] == reference["global_steps"]
+    for got, expected in zip(resumed["heads"], reference["heads"], strict=True):
+        assert got["name"] == expected["name"]
+        assert (got["best_epoch"], got["val"], got["test"]) == (expected["best_epoch"], expected["val"], expected["test"])
+        assert read_predictions(run_dir / got["files"]["test_predictions"])[1].tolist() == read_predictions(
+            bank_run / expected["files"]["test_predictions"])[1].tolist()
 
 
 def test_the_bank_selects_on_validation_and_summary_describes_the_selected_head(bank_run):

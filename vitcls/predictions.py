@@ -37,8 +37,10 @@ def write_predictions(path: Path, samples: Sequence[Any], probabilities: Any, cl
     if with_probabilities:
         header += [f"{PROBABILITY_PREFIX}{name}" for name in class_names]
     writer.writerow(header)
-    predicted = probabilities.argmax(axis=1) if len(probabilities) else np.empty(0, dtype=int)
-    for sample, row, pred in zip(samples, probabilities, predicted, strict=True):
+    predicted = (probabilities.argmax(axis=1) if len(probabilities) else np.empty(0, dtype=int)).tolist()
+    # Rows as Python floats: formatting numpy scalars one by one takes half again as long (a bank writes
+    # K heads x 2 splits of these files).
+    for sample, row, pred in zip(samples, probabilities.tolist(), predicted, strict=True):
         cells = [sample.path, class_names[sample.label], class_names[pred], f"{row[pred]:.6f}",
                  f"{row[sample.label]:.6f}", int(pred == sample.label)]
         if with_probabilities:

@@ -143,7 +143,9 @@ class BankModule(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # Kept in checkpoints, not sent to the loggers: the designs are in bank.json and config.yaml, and the CSV
+        # logger rewrites its hparams.yaml every epoch (about 0.1 s for 48 designs).
+        self.save_hyperparameters(logger=False)
         self.bank = HeadBank(backbone, designs, class_names)
         self.frozen_backbone_parts = apply_trainability(self.bank.backbone, "none")
         if compile:

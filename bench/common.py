@@ -139,7 +139,7 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None, po
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {}), PHASE_FILE_ENV: str(phase_file)},
         )
-        while process.poll() is None:
+        while True:
             try:
                 tree = [process, *process.children(recursive=True)]
                 used = sum(_pss(p) for p in tree)
@@ -148,7 +148,11 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None, po
                 _sampled_file(phase_file).write_text(phase)
             except (psutil.Error, OSError):
                 pass  # a worker ended between listing and reading
-            time.sleep(poll_s)
+            try:  # returns as soon as the command ends: the wall time is not rounded up to the next sample
+                process.wait(timeout=poll_s)
+                break
+            except psutil.TimeoutExpired:
+                pass
     if process.returncode != 0:
         raise RuntimeError(
             f"{' '.join(command[:3])}... failed (exit {process.returncode}); see {log_path}:\n"

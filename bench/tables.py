@@ -18,6 +18,11 @@ def spread(s: dict, digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def size_flag(size: dict) -> str:
+    """The command-line flag of a bench size: none for the full size."""
+    return "" if size["name"] == "full" else f" --{size['name']}"
+
+
 def machine(data: dict) -> str:
     m = data["machine"]
     return (f"{m['cpus']} CPUs ({m['cpu_model']}, {m.get('cpu_capability', '?')}), torch {m['torch']}, "
@@ -38,7 +43,7 @@ def train_table(data: dict) -> str:
              "vitcls_compile": "vitcls, `model.compile=true`"}
     size, work, stats = data["size"], data["same_work"], data["stats"]
     lines = [
-        f"`python bench/train.py --{size['name']}{' --compile' if 'vitcls_compile' in stats else ''}`: "
+        f"`python bench/train.py{size_flag(size)}{' --compile' if 'vitcls_compile' in stats else ''}`: "
         f"{data['rounds']} interleaved rounds, median (min-max); every variant: {work['params']:,} parameters, "
         f"{work['train_measured_images']} training images timed after {size['warmup_steps']} warm-up steps, "
         f"{work['eval_measured_images']} evaluation images timed after the first batch, batch {work['batch_size']}, "
@@ -69,7 +74,7 @@ def train_table(data: dict) -> str:
 def precision_table(data: dict) -> str:
     train, predict = data["train"], data["predict"]
     lines = [
-        f"`python bench/precision.py --{data['size']['name']}`: {machine(data)}. Preset here: "
+        f"`python bench/precision.py{size_flag(data['size'])}`: {machine(data)}. Preset here: "
         f"**{data['preset']}** ({data['preset_reason']}); Predictor `dtype=\"auto\"`: {data['predictor_auto_dtype']}.",
         "",
         "| measurement | fp32 | bf16 | bf16 / fp32 |",
@@ -95,7 +100,7 @@ def precision_table(data: dict) -> str:
 def prefix_table(data: dict) -> str:
     size, wall = data["size"], data["wall_s"]
     lines = [
-        f"`python bench/prefix_cache.py --{size['name']}`: ViT-Tiny/16 at {size['img_size']} px, "
+        f"`python bench/prefix_cache.py{size_flag(size)}`: ViT-Tiny/16 at {size['img_size']} px, "
         f"`model.train_blocks={size['train_blocks']}`, {size['epochs']} epochs, {samples(data)}; "
         f"{machine(data)}.",
         "",
@@ -122,7 +127,7 @@ def prefix_table(data: dict) -> str:
 def head_sweep_table(data: dict) -> str:
     size = data["size"]
     lines = [
-        f"`python bench/head_sweep.py --{size['name']}`: {size['runs']} heads x {size['epochs']} epochs, "
+        f"`python bench/head_sweep.py{size_flag(size)}`: {size['runs']} heads x {size['epochs']} epochs, "
         f"{samples(data)}, decode-check memo on both sides; {machine(data)}.",
         "",
         "| sweep | wall s | speed-up |",

@@ -112,6 +112,8 @@ def test_no_import_cycles_between_vitcls_modules():
 
 
 def test_no_comment_cites_documents_outside_the_repository():
+    """A comment states its reason itself: a reader who has only the repository cannot follow a pointer to a
+    planning document kept beside it, so the names of those documents must not appear in the code."""
     for path in [*PACKAGE.rglob("*.py"), *CONF_DIR.rglob("*.yaml"), *(REPO_ROOT / "bench").rglob("*.py")]:
         text = path.read_text()
         assert "DESIGN" not in text and "pitfall" not in text.lower(), path

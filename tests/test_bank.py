@@ -164,6 +164,8 @@ def test_a_bank_killed_after_its_first_checkpoint_resumes_to_the_same_heads(bank
     killed = run_cli("train.py", *command, expect_success=False, env=env)
     assert killed.returncode == -signal.SIGKILL and marker.is_file() and not (run_dir / "bank.json").exists()
     run_cli("train.py", *command, "ckpt_path=last", env=env)
+    # it went on from epoch 0's checkpoint (a fresh start would reach the same heads too)
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == str(run_dir / "checkpoints/last.ckpt")
     resumed = bank_of(run_dir)
     assert resumed["global_steps"] == reference["global_steps"]
     for got, expected in zip(resumed["heads"], reference["heads"], strict=True):

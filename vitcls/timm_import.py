@@ -8,16 +8,12 @@ wandb itself), so the first import of timm hides wandb; a later `import wandb` w
 from __future__ import annotations
 
 import sys
-from types import ModuleType
 
 
-def import_timm_without_wandb() -> ModuleType:
+def import_timm_without_wandb() -> None:
     if "timm" not in sys.modules and "wandb" not in sys.modules:
         sys.modules["wandb"] = None  # type: ignore[assignment]
         try:
-            import timm
+            import timm  # noqa: F401
         finally:
             del sys.modules["wandb"]
-    import timm
-
-    return timm

@@ -49,7 +49,6 @@ def compose_rung(rung: str, img_size: int):
 def build(rung: str, size: Size, target: torch.device):
     """The rung's LightningModule and optimizer, as train.py builds them (no data, no trainer, no schedule)."""
     import hydra.utils
-
     from vitcls.train import build_module
 
     module = build_module(compose_rung(rung, size.img_size), [f"class_{i}" for i in range(NUM_CLASSES)])

@@ -60,7 +60,7 @@ def dataset(root: Path, img_size: int):
 
     from vitcls.data.dataset import ImageFileDataset
     from vitcls.data.folder import scan_folder
-    from vitcls.data.transforms import build_eval_transform, resolve_data_config
+    from vitcls.preprocessing import build_eval_transform, resolve_data_config
 
     model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=0, img_size=img_size)
     samples = scan_folder(root).samples("train")

@@ -44,7 +44,7 @@ from bench.common import (  # noqa: E402
     write_results,
 )
 from vitcls.data.images import is_image_file, load_rgb  # noqa: E402
-from vitcls.inference.export import export_model  # noqa: E402
+from vitcls.inference.export_dir import export_model  # noqa: E402
 from vitcls.inference.predictor import Predictor  # noqa: E402
 from vitcls.models.classifier import ImageClassifier  # noqa: E402
 from vitcls.precision import choose_precision, cpu_has_amx_bf16, inference_precision  # noqa: E402

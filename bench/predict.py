@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, matmul_peak_gflops  # noqa: E402
 from vitcls.data.images import is_image_file, load_rgb  # noqa: E402
-from vitcls.data.transforms import build_eval_transform  # noqa: E402
-from vitcls.inference.export import export_model  # noqa: E402
+from vitcls.inference.export_dir import export_model  # noqa: E402
 from vitcls.inference.predictor import Predictor  # noqa: E402
 from vitcls.io import write_json_atomic  # noqa: E402
 from vitcls.models.classifier import ImageClassifier  # noqa: E402
+from vitcls.preprocessing import build_eval_transform  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 FRUITS_TEST = BENCH_DIR.parent.parent / "shared" / "data" / "fruits360-10" / "test"

@@ -104,9 +104,19 @@ def run_cli(script, *overrides, expect_success=True, env=None):
     return result
 
 
+def build_module_of(cfg, class_names):
+    """The ClassifierModule a run of `cfg` builds (its study's designs, one device)."""
+    from vitcls.distributed import BatchLayout
+    from vitcls.run.lifecycle import build_module
+    from vitcls.run.studies import study_of
+
+    layout = BatchLayout(per_device=cfg.data.batch_size, devices=1, num_nodes=1, accumulate=1)
+    return build_module(cfg, study_of(cfg).designs(cfg), list(class_names), layout)
+
+
 def train_in_process(output_dir, *overrides):
-    """vitcls.train.run on the composed train config, with the fast CPU settings."""
-    from vitcls.train import run
+    """A training run (vitcls.cli.train.run_training) of the composed train config, with the fast CPU settings."""
+    from vitcls.cli.train import run_training as run
 
     return run(compose_config("train", [f"paths.output_dir={output_dir}", *FAST_OVERRIDES, *overrides]))
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 from sklearn import metrics as skm
 
-from vitcls.predictions import write_predictions
+from vitcls.reporting.predictions_csv import write_predictions
 
 CLASSES = ["a", "b", "c"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, run_cli, tiny_net_config, train_in_process
 
-from vitcls.config import check_train_config
+from vitcls.config.checks import check_train_config
 from vitcls.errors import ConfigError
 from vitcls.models.lightning_module import ClassifierModule
 
@@ -138,7 +138,7 @@ def test_merged_lora_gives_the_same_logits_as_the_unmerged_module():
 
 
 def test_lora_export_is_a_plain_model_that_loads_without_peft(tmp_path):
-    from vitcls.inference.export import export_model, load_exported_network
+    from vitcls.inference.export_dir import export_model, load_exported_network
 
     net = _perturbed_lora_net()
     out = export_model(net, tmp_path / "export", net.data_config)
@@ -154,7 +154,7 @@ def test_lora_export_is_a_plain_model_that_loads_without_peft(tmp_path):
     code = (
         "import sys, torch\n"
         "from vitcls import Predictor\n"
-        "from vitcls.inference.export import load_exported_network\n"
+        "from vitcls.inference.export_dir import load_exported_network\n"
         f"Predictor.from_pretrained({str(out)!r})\n"
         f"net, _ = load_exported_network({str(out)!r})\n"
         f"images = torch.load({str(tmp_path / 'images.pt')!r})\n"
@@ -231,7 +231,7 @@ def test_last_k_tap_with_prompts_reads_the_cls_token_of_the_last_blocks():
 
 
 def test_vpt_export_keeps_the_prompts_and_predicts_like_the_network(tmp_path):
-    from vitcls.inference.export import export_model, load_exported_network
+    from vitcls.inference.export_dir import export_model, load_exported_network
 
     net = adapted_module(VPT_DEEP).net.eval()
     out = export_model(net, tmp_path / "export", net.data_config)
@@ -248,7 +248,7 @@ def test_vpt_export_keeps_the_prompts_and_predicts_like_the_network(tmp_path):
 @pytest.mark.slow
 def test_vpt_and_merged_lora_onnx_exports_match_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from vitcls.inference.export import export_model
+    from vitcls.inference.export_dir import export_model
     from vitcls.inference.predictor import Predictor
 
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -355,7 +355,7 @@ def test_summary_counts_what_trains_and_what_a_step_costs(adapter_runs, name):
 
 
 def test_eval_rebuilds_the_adapter_from_the_checkpoint_alone(adapter_runs, tmp_path):
-    from vitcls.evaluate import run as evaluate
+    from vitcls.run.evaluate import run as evaluate
 
     _, runs = adapter_runs
     for name, summary in runs.items():

@@ -36,7 +36,7 @@ def test_predict_command_imports_no_training_stack():
     code = (
         "from vitcls.cli.predict import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "import vitcls.inference.files, vitcls.inference.export"
+        "import vitcls.inference.files, vitcls.inference.export_dir"
     )
     assert loaded_heavy_packages(code) == []
 
@@ -48,7 +48,7 @@ def test_wandb_still_imports_after_the_predictor():
 def test_training_start_up_leaves_wandb_to_the_wandb_logger():
     # timm would import wandb for its own training script (half a second of every train.py/eval.py start-up).
     code = ("from vitcls.cli.hydra_job import hydra_entry_point\nhydra_entry_point('train', print)\n"
-            "import vitcls.train, vitcls.bank.run, vitcls.cli.eval")
+            "import vitcls.run.lifecycle, vitcls.run.studies, vitcls.cli.eval")
     assert "wandb" not in loaded_heavy_packages(code)
     assert "wandb" in loaded_heavy_packages(f"{code}\nimport wandb")  # hidden only while timm imports
 

@@ -6,11 +6,11 @@ import torch
 from conftest import tiny_net
 from safetensors.torch import save_file
 
-from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.models import backbone as backbone_module
 from vitcls.models.backbone import PretrainedWeightsUnavailable, create_backbone
 from vitcls.models.classifier import ImageClassifier
+from vitcls.preprocessing import resolve_data_config
 
 NAME = "vit_tiny_patch16_224"
 

@@ -7,14 +7,14 @@ import logging
 import pytest
 import torch
 from conftest import FAST_OVERRIDES, compose_config, make_image_folder, train_in_process
+from conftest import build_module_of as build_module
 from messy_data import BAD_FILE_KINDS, make_messy_folder
 
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.dataset import ImageDecodeError
 from vitcls.data.quality import BadImagesError
-from vitcls.data.transforms import resolve_data_config
 from vitcls.models.backbone import create_backbone
-from vitcls.train import build_module
+from vitcls.preprocessing import resolve_data_config
 
 
 def test_error_policy_stops_before_training_and_lists_every_bad_file(tmp_path):

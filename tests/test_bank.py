@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, compose_config, make_image_folder, run_cli
 
-from vitcls.bank.designs import expand_bank
 from vitcls.errors import ConfigError
 from vitcls.models.heads import HEADS
+from vitcls.run.designs import expand_bank
 
 # Three head types on three taps: 5 designs (attention_pool only on tokens, the others never on tokens).
 BANK_LISTS = ["bank=default", "bank.heads=[linear,mlp,attention_pool]", "bank.features=[cls,mean,tokens]"]
@@ -109,10 +109,10 @@ def test_bad_bank_lists_are_refused_with_a_clear_error(overrides, message):
 
 
 def test_a_bank_with_an_adapter_is_refused():
-    from vitcls.bank.run import check_bank_settings
+    from vitcls.run.studies import HeadBank
 
     with pytest.raises(ConfigError, match="adapter=none"):
-        check_bank_settings(compose_config("train", ["bank=default", "adapter=lora"]))
+        HeadBank().check(compose_config("train", ["bank=default", "adapter=lora"]))
 
 
 def test_a_bank_on_a_backbone_that_trains_is_refused_with_the_reason_and_the_alternative(tmp_path):
@@ -127,7 +127,7 @@ def test_a_bank_on_a_backbone_that_trains_is_refused_with_the_reason_and_the_alt
 @pytest.mark.slow
 def test_each_bank_head_equals_its_lone_run_with_the_same_seed(bank_run, tmp_path):
     """The lone run of a head (its `overrides` in bank.json) predicts the same on test as the head in the bank."""
-    from vitcls.train import run
+    from vitcls.cli.train import run_training as run
 
     bank = bank_of(bank_run)
     by_type = {}
@@ -265,8 +265,8 @@ def test_wandb_logs_one_run_per_bank_with_per_head_metrics_and_optionally_a_run_
         close_folder, tmp_path, monkeypatch):
     from wandb_records import offline_runs
 
+    from vitcls.cli.train import run_training as run
     from vitcls.loggers.wandb import finish_wandb
-    from vitcls.train import run
 
     for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_RUN_ID"):
         monkeypatch.delenv(name, raising=False)

@@ -10,7 +10,7 @@ from conftest import compose_config
 
 import vitcls.data.quality as quality
 from vitcls.data.quality import CheckMemo, check_files
-from vitcls.train import build_datamodule
+from vitcls.run.lifecycle import build_datamodule
 
 
 def count_reads(monkeypatch) -> list[str]:

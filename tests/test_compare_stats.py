@@ -16,7 +16,7 @@ from vitcls.compare.stats import (
     p_value_of_difference,
 )
 from vitcls.metrics import classification_metrics
-from vitcls.predictions import Predictions
+from vitcls.reporting.predictions_csv import Predictions
 
 
 def predictions(true, pred, true_score=None, prefix="img") -> Predictions:
@@ -147,7 +147,7 @@ def test_runs_sharing_a_directory_are_resampled_from_their_own_predictions(tmp_p
     from vitcls.compare.runs import Run
     from vitcls.compare.scoring import RunReplicates
     from vitcls.compare.stats import Resampler
-    from vitcls.predictions import write_predictions
+    from vitcls.reporting.predictions_csv import write_predictions
 
     samples = [SimpleNamespace(path=f"img{i}.jpg", label=i % 2) for i in range(40)]
     right = torch.tensor([[1.0, 0.0] if s.label == 0 else [0.0, 1.0] for s in samples])

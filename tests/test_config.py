@@ -3,11 +3,12 @@
 import hydra.utils
 import pytest
 from conftest import CONF_DIR, FAST_OVERRIDES, compose_config
+from conftest import build_module_of as build_module
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from vitcls.config import head_spec_of, instantiate_dict_group
-from vitcls.train import build_module
+from vitcls.config import instantiate_dict_group
+from vitcls.run.designs import head_spec_of
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, run_cli
 
+from vitcls.cli.train import run_training as run
 from vitcls.errors import ConfigError
-from vitcls.run_dir import check_run_dir
-from vitcls.train import run
+from vitcls.run.plan import check_run_dir
 
 
 @pytest.mark.parametrize(

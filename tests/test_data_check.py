@@ -103,7 +103,7 @@ def test_eval_class_check_lists_the_difference():
     import pytest
 
     from vitcls.data.folder import DatasetLayoutError
-    from vitcls.evaluate import check_same_classes
+    from vitcls.run.evaluate import check_same_classes
 
     with pytest.raises(
         DatasetLayoutError, match=r"missing in the data: \['b'\].*unknown to the model: \['c', 'd'\]"

@@ -5,9 +5,9 @@ import torch
 
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.dataset import default_num_workers
-from vitcls.data.transforms import resolve_data_config
 from vitcls.errors import ConfigError
 from vitcls.models.backbone import create_backbone
+from vitcls.preprocessing import resolve_data_config
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for the SYNTHETIC fruit-shapes demo data generator (vitcls.data.demo)."""
+"""Tests for the SYNTHETIC fruit-shapes demo data generator (vitcls.data.demo, `vitcls-data demo`)."""
 
 from __future__ import annotations
 
@@ -78,17 +78,12 @@ def test_prepare_is_deterministic(tmp_path):
 
 
 def test_cli_in_another_process_matches_in_process(tmp_path):
-    """Byte-identical output from a fresh interpreter, through the command line entry point.
-
-    demo.py is run by path (as ``__main__``, exactly what ``python -m vitcls.data.demo`` executes) rather than
-    via ``-m``, which would first import the whole ``vitcls.data`` package (torch, lightning: many seconds).
-    """
+    """Byte-identical output from a fresh interpreter, through the command line (`vitcls-data demo`)."""
     SyntheticFruitShapes(**SMALL).prepare(tmp_path / "here")
     there = tmp_path / "there"
     args = [str(there), "--train-per-class", "4", "--test-per-class", "2", "--image-size", "32"]
-    code = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     result = subprocess.run(
-        [sys.executable, "-c", code, demo.__file__, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vitcls.cli.data", "demo", *args], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert str(there) in result.stdout

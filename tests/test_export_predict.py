@@ -17,16 +17,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.transforms.functional import pil_to_tensor
 
+from vitcls.cli.train import run_training as run
 from vitcls.data.images import load_rgb
-from vitcls.data.transforms import build_eval_transform
-from vitcls.inference.export import FORMAT_VERSION, export_checkpoint
+from vitcls.inference.export_dir import FORMAT_VERSION, export_checkpoint
 from vitcls.inference.onnx import ExportError, export_onnx, verify_onnx
 from vitcls.inference.predictor import Predictor
 from vitcls.metrics import METRICS
 from vitcls.models.classifier import ImageClassifier
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.precision import cpu_has_amx_bf16
-from vitcls.train import run
+from vitcls.preprocessing import build_eval_transform
 
 CLASSES = {"blue": 8, "green": 8, "red": 8}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}

@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, compose_config, tiny_module
 
+from vitcls.cli.train import run_training as run
 from vitcls.data.datamodule import ImageFolderDataModule
-from vitcls.data.feature_cache import FeatureCache, split_keys
+from vitcls.data.feature_cache import FeatureCache
 from vitcls.errors import ConfigError
-from vitcls.train import run
+from vitcls.run.inputs import feature_keys
 
 
 def classifier(seed=0, **backbone):
@@ -25,7 +26,8 @@ def keys(root, module, **data):
     images = ImageFolderDataModule(root, num_workers=0, **{"batch_size": 4, **data})
     images.set_data_config(module.data_config)
     images.setup()
-    return split_keys(images, module, "32-true")
+    (keys_of_the_tap,) = feature_keys(images, module, "32-true")
+    return keys_of_the_tap
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ import torch
 from conftest import FAST_OVERRIDES, compose_config, tiny_module, train_in_process
 from lightning.pytorch.callbacks import Callback
 
-from vitcls.train import run
+from vitcls.cli.train import run_training as run
 
 DECAY = 0.6
 
 
 @pytest.fixture
 def data_config():
-    from vitcls.data.transforms import resolve_data_config
     from vitcls.models.backbone import create_backbone
+    from vitcls.preprocessing import resolve_data_config
 
     return resolve_data_config(create_backbone("vit_tiny_patch16_224", img_size=32))
 

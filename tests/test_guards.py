@@ -9,8 +9,8 @@ import torch
 from conftest import FAST_OVERRIDES, compose_config
 
 from vitcls.callbacks.nonfinite_loss import NonFiniteLossError
+from vitcls.cli.train import run_training as run
 from vitcls.models.classifier import ImageClassifier
-from vitcls.train import run
 
 # 2 classes x 10 images, 20% test then 20% val held out: 13 train images, batch 4: 3 steps per epoch
 FOLDER = {"a": 10, "b": 10}

@@ -16,7 +16,7 @@ import torch
 from conftest import make_image_folder
 from safetensors.torch import save_file
 
-from vitcls.inference.export import (
+from vitcls.inference.export_dir import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     export_checkpoint,

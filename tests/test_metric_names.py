@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, compose_config, train_in_process
 from torchmetrics.classification import MulticlassSpecificity
 
 from vitcls import metrics
-from vitcls.config import check_monitor
+from vitcls.config.checks import check_monitor
 from vitcls.errors import ConfigError
 
 ADDED = "specificity_macro"
@@ -28,7 +28,7 @@ def added_metric(monkeypatch):
 
 def test_an_added_metric_is_everywhere(added_metric, image_folder_factory, tmp_path):
     from vitcls.compare import compare
-    from vitcls.inference.export import export_checkpoint
+    from vitcls.inference.export_dir import export_checkpoint
     from vitcls.inference.files import expand_inputs, folder_metrics, predict_files
     from vitcls.inference.predictor import Predictor
 

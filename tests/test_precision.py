@@ -11,7 +11,7 @@ import torch
 from conftest import compose_config, make_image_folder, tiny_net, train_in_process
 
 from vitcls.errors import ConfigError
-from vitcls.inference.export import export_model
+from vitcls.inference.export_dir import export_model
 from vitcls.inference.predictor import Predictor
 from vitcls.precision import choose_precision, precision_preset
 

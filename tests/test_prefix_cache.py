@@ -11,12 +11,12 @@ import torch
 from conftest import FAST_OVERRIDES, compose_config, tiny_module, tiny_net
 from safetensors.torch import load_file
 
+from vitcls.cli.train import run_training as run
 from vitcls.data.datamodule import ImageFolderDataModule
-from vitcls.data.feature_cache import split_keys
-from vitcls.data.prefix_cache import first_trainable_block, token_fingerprint
 from vitcls.errors import ConfigError
 from vitcls.models.lightning_module import ClassifierModule
-from vitcls.train import run
+from vitcls.models.trainable import first_trainable_block
+from vitcls.run.inputs import token_keys
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 # bfloat16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of its magnitude.
@@ -57,19 +57,19 @@ def test_last_k_reaching_before_the_cached_tokens_is_refused():
 
 @pytest.mark.parametrize("train_blocks, expected", [("none", None), (2, 10), (12, 0)])
 def test_first_trainable_block(train_blocks, expected):
-    assert first_trainable_block(tiny_module(train_blocks=train_blocks)) == expected
+    assert first_trainable_block(tiny_module(train_blocks=train_blocks).net.backbone) == expected
 
 
 def test_full_fine_tuning_cannot_be_cached():
     with pytest.raises(ConfigError, match="model.train_blocks=all trains the patch embedding"):
-        first_trainable_block(tiny_module(train_blocks="all"))
+        first_trainable_block(tiny_module(train_blocks="all").net.backbone)
 
 
 def token_keys(root, module, block=10, token_dtype="bfloat16"):
     images = ImageFolderDataModule(root, num_workers=0, batch_size=4)
     images.set_data_config(module.data_config)
     images.setup()
-    return split_keys(images, module, "32-true", token_fingerprint(images, module, "32-true", block, token_dtype))
+    return token_keys(images, module, "32-true", block, token_dtype)
 
 
 def test_token_keys_follow_the_block_and_dtype_but_not_the_feature_tap(image_folder_factory):

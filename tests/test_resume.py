@@ -20,7 +20,7 @@ import torch
 from conftest import FAST_OVERRIDES, REPO_ROOT, make_image_folder
 
 from vitcls.errors import ConfigError
-from vitcls.run_dir import resolve_ckpt_path
+from vitcls.run.plan import resolve_ckpt_path
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 6  # 30 training images, 6 held out for validation, batches of 4

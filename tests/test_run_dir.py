@@ -9,14 +9,14 @@ import time
 import pytest
 import torch
 
-from vitcls.run_dir import (
+from vitcls.config.sweeps import sweep_job_subdir
+from vitcls.run.plan import (
     RunDirInUse,
     RunPlan,
     check_run_dir,
     plan_run,
     resume_hint,
     set_aside_previous_attempt,
-    sweep_job_subdir,
 )
 
 

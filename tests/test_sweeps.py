@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, FAST_OVERRIDES, REPO_ROOT, compose_config
+from conftest import build_module_of as build_module
 from omegaconf import OmegaConf
 from wandb_records import offline_runs, read_offline_run
-
-from vitcls.train import build_module
 
 TINY = [
     *FAST_OVERRIDES,

@@ -8,8 +8,8 @@ import pytest
 from conftest import FAST_OVERRIDES, compose_config
 from wandb_records import offline_runs
 
+from vitcls.cli.train import run_training as run
 from vitcls.loggers.wandb import RUN_ID_FILE, create_wandb_logger, finish_wandb
-from vitcls.train import run
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import yaml
 from conftest import FAST_OVERRIDES, compose_config, make_image_folder, run_cli, train_in_process
 from sklearn import metrics as skm
 
+from vitcls.cli.train import run_training as run
 from vitcls.metrics import metric_names
-from vitcls.train import run
 
 
 @pytest.mark.data

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, compose_config, run_cli
 
-from vitcls.checkpoints import UnsafeCheckpointError, load_checkpoint
+from vitcls.cli.train import run_training as run
 from vitcls.errors import ConfigError
-from vitcls.train import run
+from vitcls.untrusted import UnsafeCheckpointError, load_checkpoint
 
 
 class RunsCodeOnLoad:

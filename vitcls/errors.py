@@ -1,4 +1,7 @@
-"""Errors a user can fix. The entry points print them as one clear message, without a traceback."""
+"""Errors a user can fix. The entry points print them as one clear message, without a traceback, and exit with
+`USER_ERROR_EXIT_CODE`."""
+
+USER_ERROR_EXIT_CODE = 2
 
 
 class VitclsError(Exception):

@@ -8,6 +8,7 @@ everywhere without another edit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,12 +65,10 @@ def confusion_matrix_metric(num_classes: int) -> MulticlassConfusionMatrix:
     return MulticlassConfusionMatrix(num_classes=num_classes)
 
 
-def split_metrics(results: dict[str, Any], split: str) -> dict[str, float]:
-    """{'test/acc': tensor(0.9), 'val/acc': ...} -> {'acc': 0.9} for one split: every metric logged for it."""
-    prefix = f"{split}/"
-    values = {key.removeprefix(prefix): float(value) for key, value in results.items() if key.startswith(prefix)}
+def ordered_metrics(values: dict[str, float] | None) -> dict[str, float]:
+    """{name: value} in the order of `metric_names()` (summary.json, eval.json, bank.json)."""
     order = {name: index for index, name in enumerate(metric_names())}
-    return dict(sorted(values.items(), key=lambda item: order.get(item[0], len(order))))
+    return dict(sorted((values or {}).items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def confusion_counts(confusion: Any, num_classes: int) -> np.ndarray:
@@ -111,3 +110,11 @@ def per_class_report(confusion: Any, class_names: list[str]) -> list[dict]:
         }
         for i, name in enumerate(class_names)
     ]
+
+
+def selection_key(score: float | None, loss: float | None, position: int, maximize: bool) -> tuple:
+    """The one rule that ranks designs on validation (a bank's heads, vitcls-compare's designs): the monitored
+    metric; at equal values the lower validation loss, then the one listed first. Designs without a score last."""
+    missing = score is None or math.isnan(score)
+    value = 0.0 if missing else (-score if maximize else score)
+    return (missing, value, math.inf if loss is None or math.isnan(loss) else loss, position)

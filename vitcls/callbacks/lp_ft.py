@@ -3,7 +3,7 @@
 The optimizer is built once, over everything `model.train_blocks`/`model.bitfit` lets train. During the
 probe epochs the backbone's parameters stop requiring gradients, so they get none and the optimizer skips
 them (no update, no weight decay, no moment state); at the first fine-tuning epoch they require gradients
-again. An adapter (LoRA factors, VPT prompts) is frozen and unfrozen with the backbone. The lr schedule runs
+again. An adapter's parameters are frozen and unfrozen with the backbone. The lr schedule runs
 over the whole fit. Stateless apart from the epoch counter, so a resumed run lands in the right stage.
 """
 

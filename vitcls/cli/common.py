@@ -1,4 +1,5 @@
-"""What the argparse console scripts share: logging to stderr, user errors as one line, `--import`."""
+"""What the argparse console scripts share: logging to stderr, user errors as one line, `--imports` (the Hydra
+commands spell it `imports=[...]`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-USER_ERROR_EXIT_CODE = 2
+from vitcls.errors import USER_ERROR_EXIT_CODE
 
 
 def add_import_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
+        "--imports",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="MODULE",
-        help="import a Python module first, e.g. one that defines a custom head (repeatable)",
+        help="Python modules to import first: those that define custom heads, adapters or loggers",
     )
 
 
 def import_modules(names: list[str]) -> None:
-    from vitcls.models.heads import import_head_modules
+    from vitcls.config import import_modules as import_named
 
-    import_head_modules(names, "--import")
+    import_named(names, "--imports")
 
 
 def run_command(prog: str, work: Callable[[], Any]) -> Any:

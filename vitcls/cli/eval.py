@@ -8,7 +8,7 @@ from vitcls.cli.hydra_job import hydra_entry_point
 
 
 def evaluate(cfg: DictConfig) -> float | None:
-    from vitcls.evaluate import run
+    from vitcls.run.evaluate import run
 
     return run(cfg)["test"].get("f1_macro")
 

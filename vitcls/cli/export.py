@@ -37,12 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from vitcls.inference.export import export_checkpoint
+    from vitcls.inference.export_dir import export_checkpoint
 
     import_modules(args.imports)
     source = Path(args.checkpoint).expanduser()
     if source.is_dir() or args.bank_head is not None:
-        from vitcls.bank.checkpoint import export_bank_head
+        from vitcls.run.heads import export_bank_head
 
         return export_bank_head(source, args.out_dir, args.bank_head, onnx=args.onnx,
                                 verify_images=args.verify_images or None)

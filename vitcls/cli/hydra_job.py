@@ -1,7 +1,7 @@
 """What every Hydra entry point (`train.py`, `eval.py`) runs its job in.
 
 `hydra_entry_point(config_name)` turns `run(cfg)` into a console script: configs from `conf/`, Lightning's
-log lines routed through Hydra's, W&B finished in every case, a failure recorded in the run directory
+log lines routed through Hydra's, result loggers (W&B) finished in every case, a failure recorded in the run directory
 (`FAILED.json`), one clear line and exit code 2 for errors the user can fix, and exit code 143 after SIGTERM.
 """
 
@@ -19,12 +19,11 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from vitcls.errors import ConfigError, VitclsError
+from vitcls.errors import USER_ERROR_EXIT_CODE, ConfigError, VitclsError
 
 log = logging.getLogger("vitcls")
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 CTRL_C_EXIT_CODE = 128 + signal.SIGINT
-USER_ERROR_EXIT_CODE = 2
 
 
 class _DropAdvertisements(logging.Filter):
@@ -67,7 +66,7 @@ def _user_error_message(error: Exception) -> str | None:
 
 
 def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run one job: finish its W&B run in every case and record a failure in its run directory.
+    """Run one job: end its result loggers' runs in every case and record a failure in its run directory.
 
     A failed job of a multirun is logged and skipped when `continue_on_failure` is on (the default), so the
     remaining jobs still run. A single run exits non-zero: code 2 with one line for errors the user can fix,
@@ -79,8 +78,9 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     from vitcls.callbacks.ctrl_c import ctrl_c_received
     from vitcls.config import in_multirun
-    from vitcls.loggers.wandb import finish_wandb
-    from vitcls.run_dir import JobSkipped, RunDirInUse, clear_failure, record_failure, resume_hint
+    from vitcls.loggers import finish_runs
+    from vitcls.run.layout import clear_failure, record_failure
+    from vitcls.run.plan import JobSkipped, RunDirInUse, resume_hint
 
     route_lightning_logs_through_hydra()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -96,14 +96,14 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         # signal would (the whole sweep stops), and say how to go on.
         by_ctrl_c = isinstance(stop, KeyboardInterrupt) or ctrl_c_received()
         code = CTRL_C_EXIT_CODE if by_ctrl_c else SIGTERM_EXIT_CODE
-        finish_wandb(exit_code=code)
+        finish_runs(exit_code=code)
         log.warning("stopped by %s; %s", "Ctrl+C" if by_ctrl_c else "SIGTERM", resume_hint(run_dir, sweep_dir))
         sys.exit(code)
     except RunDirInUse as refused:
         log.error("%s", refused)
         sys.exit(USER_ERROR_EXIT_CODE)
     except Exception as error:
-        finish_wandb(exit_code=1)
+        finish_runs(exit_code=1)
         record_failure(run_dir, error, HydraConfig.get().overrides.task)
         message = _user_error_message(error)
         if in_multirun() and cfg.get("continue_on_failure", True):
@@ -116,7 +116,7 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         log.error("%s", message)
         sys.exit(USER_ERROR_EXIT_CODE)
-    finish_wandb(exit_code=0)
+    finish_runs(exit_code=0)
     clear_failure(run_dir)
     return result
 

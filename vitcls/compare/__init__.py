@@ -35,7 +35,7 @@ from vitcls.compare.outputs import (
 from vitcls.compare.runs import Run, Sweep, read_sweep
 from vitcls.compare.scoring import Ranking, score_designs
 from vitcls.compare.stats import CONFIDENCE, DEFAULT_RESAMPLES, Resampler
-from vitcls.design_keys import REPETITION_KEYS
+from vitcls.config.overrides import REPETITION_KEYS
 from vitcls.errors import ConfigError
 from vitcls.io import write_text_atomic
 from vitcls.metrics import DEFAULT_SELECTION_METRIC, better_is, metric_names

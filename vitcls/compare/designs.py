@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vitcls.compare.runs import Run
-from vitcls.design_keys import design_name, is_bookkeeping, is_design_key
+from vitcls.config.overrides import design_name, is_bookkeeping, is_design_key
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 from vitcls.compare.designs import Design
 from vitcls.compare.runs import FACTS, Run
 from vitcls.compare.scoring import DesignScore, Ranking
-from vitcls.design_keys import design_name
+from vitcls.config.overrides import design_name
 
 _ERROR_CHARS = 120
 STATISTICS = ("mean", "std", "ci_low", "ci_high")

@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vitcls.bank.report import BANK_FILE
-from vitcls.design_keys import parse_overrides
-from vitcls.run_dir import CONFIG_FILE, FAILURE_FILE, OVERRIDES_FILE, PREDICTIONS_FILES, SUMMARY_FILE
+from vitcls.config.overrides import parse_overrides
+from vitcls.config.sweeps import OVERRIDES_FILE
+from vitcls.run.layout import BANK_FILE, CONFIG_FILE, FAILURE_FILE, PREDICTIONS_FILES, SUMMARY_FILE
 
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 OPTUNA_RESULTS_FILE = "optimization_results.yaml"

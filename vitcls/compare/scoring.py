@@ -17,7 +17,7 @@ from vitcls.compare.designs import Design
 from vitcls.compare.runs import Run
 from vitcls.compare.stats import SIGNIFICANCE, Estimate, Resampler, estimate, p_value_of_difference
 from vitcls.metrics import LOWER_IS_BETTER
-from vitcls.predictions import read_predictions
+from vitcls.reporting.predictions_csv import read_predictions
 
 # Test metrics every design table shows, beside the ranking metric and its test counterpart.
 TABLE_TEST_METRICS = ("acc", "f1_macro")

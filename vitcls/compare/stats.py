@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from vitcls.errors import ConfigError
-from vitcls.predictions import Predictions
+from vitcls.reporting.predictions_csv import Predictions
 
 CONFIDENCE = 0.95
 SIGNIFICANCE = 1.0 - CONFIDENCE

@@ -27,8 +27,8 @@ from vitcls.data.quality import (
     warn_about_leakage,
 )
 from vitcls.data.split import stratified_split, stratified_subset
-from vitcls.data.transforms import apply_preprocessing_overrides, build_eval_transform, build_train_transform
 from vitcls.errors import ConfigError
+from vitcls.preprocessing import apply_preprocessing_overrides, build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     (stratified, seeded by `split_seed`). Without a test/ folder, `test_fraction` of train is held out
     first. Then `train_per_class` images per class (or `train_fraction` of each class) of what remains
     for training are kept, drawn by `subset_seed` (nested across sizes); val and test never change with
-    them. Transforms come from the backbone: call `set_data_config` (done by `vitcls.train.run`)
+    them. Transforms come from the backbone: call `set_data_config` (done by `vitcls.run.lifecycle.run`)
     or let `setup` take `trainer.lightning_module.data_config`.
 
     Bad files: before any split is made, every image is decoded once (`vitcls.data.quality`).

@@ -23,7 +23,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -451,34 +450,3 @@ class SyntheticFruitShapes:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m vitcls.data.demo",
-        description="Write the SYNTHETIC fruit-shapes demo image folder (train/ and test/) to ROOT.",
-    )
-    parser.add_argument(
-        "root", help="folder to create (must not exist, be empty, or hold the same demo data)"
-    )
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        generator = SyntheticFruitShapes(
-            args.train_per_class, args.test_per_class, args.image_size, args.seed
-        )
-        generator.prepare(args.root)
-    except ValueError as error:
-        parser.exit(2, f"error: {error}\n")
-    root = Path(args.root).expanduser().resolve()
-    total = len(CLASS_NAMES) * (generator.train_per_class + generator.test_per_class)
-    print(
-        f"Synthetic demo data ({len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)}; {total} images of "
-        f"{generator.image_size}x{generator.image_size}) is ready at {root}"
-    )
-
-
-if __name__ == "__main__":
-    main()

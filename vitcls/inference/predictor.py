@@ -1,4 +1,4 @@
-"""Batched prediction from an export directory (`vitcls.inference.export`), on PyTorch or ONNX Runtime.
+"""Batched prediction from an export directory (`vitcls.inference.export_dir`), on PyTorch or ONNX Runtime.
 
     predictor = Predictor.from_pretrained("export/")
     predictor("photo.jpg", top_k=3)                  # [{'label': 'kiwi', 'score': 0.93}, ...]
@@ -26,11 +26,11 @@ from torchvision.transforms.functional import to_pil_image
 
 from vitcls.data.dataset import ImageDecodeError, default_num_workers
 from vitcls.data.images import BadImageError, load_rgb, to_rgb
-from vitcls.data.transforms import build_eval_transform
 from vitcls.errors import ConfigError
-from vitcls.inference.export import load_exported_network, read_config
+from vitcls.inference.export_dir import load_exported_network, read_config
 from vitcls.inference.onnx import ONNX_FILE, onnx_session
 from vitcls.precision import PrecisionChoice, inference_precision
+from vitcls.preprocessing import build_eval_transform
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
 DECODE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)

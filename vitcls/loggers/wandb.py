@@ -1,4 +1,5 @@
-"""Experiment trackers that never block or fail a run: W&B setup, what a W&B run shows, finishing it."""
+"""Weights & Biases, never blocking or failing a run: setup (offline without a key or a server, the sweep's group,
+a resumed run's id), what a W&B run shows of vitcls's results, finishing it. The only module that imports wandb."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor
 
+from vitcls.config.overrides import design_name, is_design_key, override_key, parse_overrides
 from vitcls.data.folder import Sample
 from vitcls.data.images import load_rgb
-from vitcls.design_keys import design_name, is_design_key, override_key, parse_overrides
 from vitcls.io import write_text_atomic
+from vitcls.loggers import ResultSink
+from vitcls.reporting.results import RunResults
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +125,11 @@ def job_identity() -> tuple[str | None, str | None, str]:
     return group, name, design_name(settings, keys)
 
 
-class VitclsWandbLogger(WandbLogger):
+class VitclsWandbLogger(WandbLogger, ResultSink):
     """A WandbLogger whose config is the resolved Hydra config, one flat key per setting (`head._target_`,
-    `optim.lr`: filterable in the runs table) plus the run's `design`, and which logs the test results: a
-    confusion matrix plot and a table of predictions with thumbnails.
+    `optim.lr`: filterable in the runs table) plus the run's `design`, and which logs the results: the test
+    confusion matrix (plot and image), a table of test predictions with thumbnails, and for a head bank the table
+    of every head and the bank figure (each head also as a run of its own with `bank_head_runs`).
 
     Lightning also logs the LightningModule's and DataModule's init arguments as hyperparameters; they are
     the same settings under other names (`optimizer.lr` = `optim.lr`, `root` = `data.root`), so once
@@ -150,12 +153,48 @@ class VitclsWandbLogger(WandbLogger):
         if flat:
             super().log_hyperparams(flat)
 
-    def log_config(self, config: dict[str, Any], repeated_by: set[str]) -> None:
-        """The run config: `config` (nested), flattened; `repeated_by`: top-level names of the module's and
-        datamodule's hyperparameters, which Lightning logs later and which are not sent then."""
-        flat = _flatten_dict(_convert_params(config), delimiter=".")
+    sink_name = "wandb"
+
+    def log_run_config(self, config: dict[str, Any], facts: dict[str, Any], repeated_by: set[str]) -> None:
+        """The run config (nested), flattened, with the run's `design` and `facts`; `repeated_by`: top-level names
+        of the module's and datamodule's hyperparameters, which Lightning logs later and which are not sent then."""
+        flat = _flatten_dict(_convert_params({**config, "design": job_identity()[2], **facts}), delimiter=".")
         super().log_hyperparams({key: value for key, value in flat.items() if not key.endswith("._partial_")})
         self._config_names = frozenset(repeated_by)
+
+    @rank_zero_only
+    def log_results(self, results: RunResults) -> None:
+        head = results.selected_head
+        if head.test_confusion is not None:
+            self.log_test_results(head.test_confusion, results.class_names, results.test_samples,
+                                  head.test_probabilities, results.figures.get("test_confusion_matrix"))
+        if results.table:
+            self._log_bank(results)
+
+    def _log_bank(self, results: RunResults) -> None:
+        """The table of all heads (`selected` marks the one chosen on validation) and the bank figure in this run;
+        with `bank_head_runs`, each head also as a run of its own in the same group (its per-epoch metrics, val and
+        test in its summary)."""
+        import wandb
+
+        rows = results.table
+        columns = list(rows[0])
+        logs = {"bank/heads": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])}
+        if "bank" in results.figures:
+            logs["bank/figure"] = wandb.Image(str(results.figures["bank"]))
+        self.experiment.log(logs)
+        self.experiment.summary["bank/selected"] = results.selected_head.name
+        if self.bank_head_runs:
+            _log_head_runs(self, results.history, [head.record for head in results.heads])
+
+    @classmethod
+    def log_comparison(cls, sweep_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], figure: Path,
+                       title: str) -> Path:
+        return log_comparison(sweep_dir, out_dir, rows, figure, title)
+
+    @classmethod
+    def finish(cls, exit_code: int) -> None:
+        finish_wandb(exit_code)
 
     @rank_zero_only
     def log_test_results(
@@ -267,60 +306,6 @@ def create_wandb_logger(
         log_model=log_model,
         **kwargs,
     )
-
-
-def wandb_loggers(loggers: Sequence[Logger]) -> list[VitclsWandbLogger]:
-    return [logger for logger in loggers if isinstance(logger, VitclsWandbLogger)]
-
-
-def log_run_config(
-    loggers: Sequence[Logger], cfg: DictConfig, facts: dict[str, Any], repeated_by: set[str]
-) -> None:
-    """Send the resolved Hydra config, the run's `design` and `facts` (parameter counts...) to W&B.
-    `repeated_by`: the names of the module's and datamodule's hyperparameters (settings of the config)."""
-    for logger in wandb_loggers(loggers):
-        config = {**OmegaConf.to_container(cfg, resolve=True), "design": job_identity()[2], **facts}
-        logger.log_config(config, repeated_by)
-
-
-def log_test_results(
-    loggers: Sequence[Logger], module: Any, datamodule: Any, confusion_png: Path | None
-) -> None:
-    """The test confusion matrix and predictions of `module` (after `trainer.test`) to every W&B logger."""
-    class_names = datamodule.class_names
-    predictions = module.test_predictions
-    probabilities = torch.cat(predictions) if predictions else torch.empty(0, len(class_names))
-    for logger in wandb_loggers(loggers):
-        logger.log_test_results(
-            module.last_confusion["test"],
-            class_names,
-            datamodule.splits["test"],
-            probabilities,
-            confusion_png,
-        )
-
-
-def log_bank_results(
-    loggers: Sequence[Logger], rows: Sequence[dict[str, Any]], selected: str, figure: Path,
-    history: Sequence[dict[str, Any]], heads: Sequence[dict[str, Any]],
-) -> None:
-    """A head bank's results to every W&B logger: the table of all heads (`selected` marks the one chosen on
-    validation) and the bank figure in the bank's run; with `logger.wandb.bank_head_runs=true`, each head also as
-    a run of its own in the same group (its per-epoch metrics from `history`, val and test in its summary)."""
-    loggers = wandb_loggers(loggers)
-    if not loggers:
-        return
-    import wandb
-
-    for logger in loggers:
-        columns = list(rows[0]) if rows else []
-        logger.experiment.log({
-            "bank/heads": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
-            "bank/figure": wandb.Image(str(figure)),
-        })
-        logger.experiment.summary["bank/selected"] = selected
-        if logger.bank_head_runs:
-            _log_head_runs(logger, history, heads)
 
 
 def _log_head_runs(logger: VitclsWandbLogger, history: Sequence[dict[str, Any]], heads: Sequence[dict[str, Any]]) -> None:

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from vitcls.checkpoints import UnsafeCheckpointError, refused_object, unsafe_file_message
 from vitcls.errors import ConfigError, VitclsError
+from vitcls.untrusted import UnsafeCheckpointError, refused_object, unsafe_file_message
 
 # Settings of vitcls 0.1 that a checkpoint or a command line may still carry, and what replaced them.
 REPLACED_SETTINGS = {"freeze": "model.train_blocks=none", "pool": "tap.features=cls or mean"}

@@ -4,8 +4,8 @@ Every tap reads timm's own forward (`forward_features`, or `forward_intermediate
 backbone computation stays timm's. Tokens come out of the final norm, as timm's own pooling sees them.
 Prefix tokens (CLS and register tokens, `num_prefix_tokens`) are not patches: `mean` averages the
 patch tokens only. Pooled taps then pass the model's `fc_norm` (an identity unless the model norms after
-pooling, as timm's `forward_head` does). With visual prompts (`adapter=vpt`), the tokens come from the prompted
-forward of `vitcls.models.prompts`, which drops the prompts from its outputs: no tap ever includes a prompt.
+pooling, as timm's `forward_head` does). With an adapter that runs its own forward (vitcls.adapters), the tokens
+come from that forward, which drops whatever it added to the sequence: a tap only ever sees image tokens.
 
   cls       CLS token                                   (B, D)
   mean      mean of the patch tokens                    (B, D)
@@ -18,13 +18,17 @@ forward of `vitcls.models.prompts`, which drops the prompts from its outputs: no
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 import torch
 from timm.layers import global_pool_nlc
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vitcls.errors import ConfigError
-from vitcls.models.prompts import VisualPrompts
+
+# An adapter's own forward: (images, blocks to take) -> (final tokens, tokens after those blocks), all normed.
+AdapterForward = Callable[[Tensor, Collection[int]], tuple[Tensor, list[Tensor]]]
 
 # The pooled taps, as timm's `global_pool_nlc` pool types.
 POOLS = {"cls": ("token",), "mean": ("avg",), "cls+mean": ("token", "avg")}
@@ -83,11 +87,8 @@ class FeatureTap:
     def settings(self) -> dict:
         return {"features": self.features, "last_k": self.last_k}
 
-    def __call__(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None = None) -> Tensor:
-        if self.features == "last_k":
-            return torch.cat([tokens[:, 0] for tokens in self._last_blocks(backbone, images, prompts)], dim=-1)
-        tokens = backbone.forward_features(images) if prompts is None else prompts(backbone, images)[0]
-        return self._pool(backbone, tokens)
+    def __call__(self, backbone: nn.Module, images: Tensor, forward: AdapterForward | None = None) -> Tensor:
+        return TapSet([self])(backbone, images, forward)[0]
 
     def from_tokens(self, backbone: nn.Module, tokens: Tensor) -> Tensor:
         """This tap of the final (normed) tokens of `forward_features`; not for `last_k`."""
@@ -108,21 +109,6 @@ class FeatureTap:
             for pool in POOLS[self.features]
         ]
         return torch.cat(pooled, dim=-1)
-
-    def _last_blocks(self, backbone: nn.Module, images: Tensor, prompts: VisualPrompts | None) -> list[Tensor]:
-        """The tokens after each of the last k blocks, through the final norm (prefix tokens first)."""
-        if prompts is not None:
-            depth = len(backbone.blocks)
-            return prompts(backbone, images, take=range(depth - self.last_k, depth))[1]
-        intermediates = backbone.forward_intermediates(
-            images,
-            indices=self.last_k,
-            norm=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-            return_prefix_tokens=True,
-        )
-        return [prefix for _, prefix in intermediates]
 
     # --- the backbone split before a block: cached tokens in, the same features out ----------------
     def check_split(self, backbone: nn.Module, start: int) -> None:
@@ -148,40 +134,50 @@ class FeatureTap:
             x = block(x)
         return x
 
-    def from_tokens_before(self, backbone: nn.Module, tokens: Tensor, start: int) -> Tensor:
-        """The features that `self(backbone, images)` gives, from `tokens_before(backbone, images, start)`."""
-        self.check_split(backbone, start)
-        depth = len(backbone.blocks)
-        if self.features != "last_k":
-            return self._pool(backbone, backbone.norm(backbone.blocks[start:](tokens)))
-        first = depth - self.last_k  # the first block whose output (through the final norm) is read
-        outputs = [tokens] if first == start - 1 else []
-        x = tokens
-        for index in range(start, depth):
-            x = backbone.blocks[index](x)
-            if index >= first:
-                outputs.append(x)
-        return torch.cat([backbone.norm(y)[:, 0] for y in outputs], dim=-1)
-
 
 class TapSet:
     """Several taps of one backbone from a single forward pass: `forward_features`, or, when a `last_k` tap
     is among them, `forward_intermediates` over the deepest k needed, whose final tokens are the same
-    computation. Each tap's output equals what the tap computes alone."""
+    computation. Each tap's output equals what the tap computes alone. An adapter that runs its own forward
+    (`forward`: images, blocks to take -> final tokens, tokens after those blocks) replaces timm's."""
 
     def __init__(self, taps: list[FeatureTap]):
         self.taps = list(taps)
         self.blocks_needed = max((tap.last_k for tap in self.taps if tap.features == "last_k"), default=0)
 
-    def __call__(self, backbone: nn.Module, images: Tensor) -> list[Tensor]:
+    def __call__(self, backbone: nn.Module, images: Tensor, forward: AdapterForward | None = None) -> list[Tensor]:
+        depth = len(backbone.blocks)
+        if forward is not None:
+            tokens, intermediates = forward(images, range(depth - self.blocks_needed, depth))
+            return self._taps_of(backbone, tokens, [prefix[:, 0] for prefix in intermediates])
         if not self.blocks_needed:
-            tokens = backbone.forward_features(images)
-            return [tap.from_tokens(backbone, tokens) for tap in self.taps]
+            return self._taps_of(backbone, backbone.forward_features(images), [])
         tokens, intermediates = backbone.forward_intermediates(
             images, indices=self.blocks_needed, norm=True, output_fmt="NLC", return_prefix_tokens=True
         )
-        cls_tokens = [prefix[:, 0] for _, prefix in intermediates]
+        return self._taps_of(backbone, tokens, [prefix[:, 0] for _, prefix in intermediates])
+
+    def _taps_of(self, backbone: nn.Module, tokens: Tensor, cls_tokens: list[Tensor]) -> list[Tensor]:
+        """Every tap from the final normed tokens and the normed CLS tokens of the last blocks (oldest first)."""
         return [
             tap.from_block_cls_tokens(cls_tokens) if tap.features == "last_k" else tap.from_tokens(backbone, tokens)
             for tap in self.taps
         ]
+
+    def check_split(self, backbone: nn.Module, start: int) -> None:
+        for tap in self.taps:
+            tap.check_split(backbone, start)
+
+    def from_tokens_before(self, backbone: nn.Module, tokens: Tensor, start: int) -> list[Tensor]:
+        """What `self(backbone, images)` gives, from `FeatureTap.tokens_before(backbone, images, start)`: runs only
+        blocks[start:], the final norm and the taps."""
+        self.check_split(backbone, start)
+        depth = len(backbone.blocks)
+        first = depth - self.blocks_needed  # the first block whose output (through the final norm) is read
+        outputs = [tokens] if self.blocks_needed and first == start - 1 else []
+        x = tokens
+        for index in range(start, depth):
+            x = backbone.blocks[index](x)
+            if self.blocks_needed and index >= first:
+                outputs.append(x)
+        return self._taps_of(backbone, backbone.norm(x), [backbone.norm(y)[:, 0] for y in outputs])

@@ -11,7 +11,6 @@ in any module you import) + `conf/head/<name>.yaml` whose `_target_` is the clas
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -54,7 +53,7 @@ def registered_head(name: str, module: str | None = None) -> type[Head]:
         return HEADS[name]
     where = (
         f"Its code was in the Python module {module!r}, which this process has not imported: import it first "
-        f"(`import {module}` before loading; vitcls-predict/vitcls-export --import {module}; eval.py "
+        f"(`import {module}` before loading; vitcls-predict/vitcls-export --imports {module}; train.py/eval.py "
         f"imports=[{module}])."
         if module and module != __name__
         else "Was it renamed? Its `name` must stay the same for old checkpoints and exports to load."
@@ -71,15 +70,6 @@ def head_spec(head_class: type[Head], settings: dict[str, Any]) -> HeadSpec:
             "vitcls.models.heads.Head and give it a unique class attribute `name`"
         )
     return {"name": name, "module": head_class.__module__, **settings}
-
-
-def import_head_modules(names: list[str], setting: str) -> None:
-    """Import the modules that define (and so register) custom heads, e.g. before loading a checkpoint."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise ConfigError(f"{setting}: cannot import {name!r}: {error}") from error
 
 
 def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> Head:

@@ -1,10 +1,10 @@
 """Optimizer and lr schedule for backbone + head.
 
 The optimizer is built by timm (`create_optimizer_v2`) from explicit parameter groups:
-backbone and head each get their own lr, and weight decay skips 1-d tensors (norms, biases) and the
-backbone's `no_weight_decay()` tokens (pos_embed, cls_token...). Frozen parameters are left out. LoRA factors
-are parameters of the backbone's blocks (grouped, decayed and layer-decayed with them); VPT prompts are tokens
-outside the backbone: the backbone's lr, no weight decay, no layer decay.
+backbone and each head get their own lr, and weight decay skips 1-d tensors (norms, biases) and the
+backbone's `no_weight_decay()` tokens (pos_embed, cls_token...). Frozen parameters are left out. An adapter's
+parameters inside the backbone's blocks are grouped, decayed and layer-decayed with them; its parameters outside
+the backbone get the backbone's lr, no weight decay, no layer decay.
 With `layer_decay`, timm's `param_groups_layer_decay` splits the backbone by depth (its `group_matcher`) and
 each group's lr is set to lr x its scale here, so the scale holds with any scheduler or none.
 The schedule is timm's cosine (or linear) decay with linear warmup, stepped every optimizer step; timm schedulers keep
@@ -14,6 +14,7 @@ each group's own base lr.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
@@ -25,29 +26,39 @@ from vitcls.errors import ConfigError
 
 def create_optimizer(
     backbone: nn.Module,
-    head: nn.Module,
+    heads: nn.Module | Sequence[nn.Module],
     opt: str = "adamw",
     lr: float = 2e-4,
     head_lr: float | None = None,
     weight_decay: float = 0.01,
     layer_decay: float | None = None,
-    prompts: nn.Module | None = None,
+    adapter_parameters: Sequence[nn.Parameter] = (),
+    per_head: Sequence[dict[str, float]] | None = None,
     **opt_kwargs,
 ) -> Optimizer:
-    """`head_lr=None` gives the head the backbone's lr. `layer_decay` (e.g. 0.75): the backbone's last block
+    """`head_lr=None` gives the heads the backbone's lr. `layer_decay` (e.g. 0.75): the backbone's last block
     (and final norm) gets lr x layer_decay, the one before lr x layer_decay^2, ..., the embeddings
     lr x layer_decay^(depth + 1).
-    `prompts`: VPT's prompt module, if any. Extra kwargs (betas, eps, momentum...) go to timm.
+    `heads`: one head, or the heads of a bank; `per_head`: their own {"lr", "weight_decay"} (a bank's designs),
+    else every head gets head_lr (or lr) and weight_decay.
+    `adapter_parameters`: an adapter's trainable parameters outside the backbone (those inside train in the
+    backbone's groups): the backbone's lr, no weight decay, no layer decay.
+    Extra kwargs (betas, eps, momentum...) go to timm.
     """
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
         raise ConfigError(f"optim.lr and optim.head_lr must be positive, got {lr} and {head_lr}")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise ConfigError(f"optim.layer_decay must be in (0, 1] or null, got {layer_decay}")
+    heads = [heads] if isinstance(heads, nn.Module) else list(heads)
+    if per_head is None:
+        per_head = [{"lr": head_lr or lr, "weight_decay": weight_decay}] * len(heads)
     groups = backbone_param_groups(backbone, lr, weight_decay, layer_decay)
-    prompt_parameters = [p for p in prompts.parameters() if p.requires_grad] if prompts is not None else []
-    if prompt_parameters:
-        groups.append({"params": prompt_parameters, "weight_decay": 0.0, "lr": lr, "name": "prompts_no_decay"})
-    groups += head_param_groups(head, head_lr or lr, weight_decay)
+    adapter_parameters = [p for p in adapter_parameters if p.requires_grad]
+    if adapter_parameters:
+        groups.append({"params": adapter_parameters, "weight_decay": 0.0, "lr": lr, "name": "adapter_no_decay"})
+    for index, (head, settings) in enumerate(zip(heads, per_head, strict=True)):
+        name = "head" if len(heads) == 1 else f"head{index}"
+        groups += head_param_groups(head, settings["lr"], settings["weight_decay"], name=name)
     return optimizer_of_groups(groups, opt, lr, weight_decay, **opt_kwargs)
 
 

@@ -5,12 +5,12 @@
   train_blocks=N     the last N transformer blocks and the final norm(s) train; the stem (patch and
                      position embeddings, CLS/register tokens) and the earlier blocks are frozen
   bitfit=true        of what train_blocks lets train, only biases and norm parameters do
-  adapter            its parameters (LoRA factors, VPT prompts) train whatever the two settings above say
+  adapter            its parameters (vitcls.adapters) train whatever the two settings above say
 
 Frozen parameters get `requires_grad=False` (so the optimizer, built from trainable parameters only,
 never sees them), and the modules that are frozen as a whole are returned so that the classifier keeps
-them in eval mode (no dropout or drop-path noise in features they compute). A block that holds LoRA
-factors is not frozen as a whole: it runs in train mode, so LoRA's dropout applies.
+them in eval mode (no dropout or drop-path noise in features they compute). A block that holds trainable
+adapter parameters is not frozen as a whole: it runs in train mode, so the adapter's dropout applies.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def apply_trainability(
     for parameter in adapter_parameters:
         parameter.requires_grad_(True)
     in_backbone = {id(p) for p in backbone.parameters()}
-    if frozen == [backbone] and any(id(p) in in_backbone for p in adapter_parameters):  # LoRA, not prompts
+    if frozen == [backbone] and any(id(p) in in_backbone for p in adapter_parameters):  # inside the blocks
         frozen = [getattr(backbone, name) for name in STEM if hasattr(backbone, name)] + list(backbone.blocks)
     return [module for module in frozen if not any(p.requires_grad for p in module.parameters())]
 
@@ -100,3 +100,24 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in parameters),
         "trainable": sum(p.numel() for p in parameters if p.requires_grad),
     }
+
+
+def first_trainable_block(backbone: nn.Module) -> int | None:
+    """The block where training starts when the stem and every block before it are frozen; None for a frozen
+    backbone. Raises when the stem trains (model.train_blocks=all): nothing before the first block is fixed."""
+    trains = [any(p.requires_grad for p in block.parameters()) for block in backbone.blocks]
+    if not any(trains) and not any(p.requires_grad for p in backbone.parameters()):
+        return None
+    start = trains.index(True) if any(trains) else len(trains)
+    stem = [getattr(backbone, name) for name in STEM if hasattr(backbone, name)]
+    stem_trains = any(p.requires_grad for part in stem for p in part.parameters()) or any(
+        p.requires_grad for p in backbone.parameters(recurse=False)  # pos_embed, cls_token, reg_token
+    )
+    if stem_trains:
+        raise ConfigError(
+            "feature_cache.enabled=true needs a frozen backbone (model.train_blocks=none), or frozen first blocks "
+            "(model.train_blocks=N: the tokens entering block N from the end are cached); model.train_blocks=all "
+            "trains the patch embedding, so nothing before the head is fixed. Switch feature_cache.enabled off or "
+            "set model.train_blocks=N."
+        )
+    return start

@@ -14,11 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from vitcls.adapters import Adapter
 from vitcls.errors import ConfigError
+
+try:
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+except ModuleNotFoundError as missing:
+    if missing.name != "peft":
+        raise
+    raise ConfigError("adapter=lora needs the peft library: pip install 'vitcls[lora]'") from missing
+
+# Parameter names that peft gives the LoRA factors (`lora_A`, `lora_B`, ...).
+FACTOR_PREFIX = "lora_"
 
 
 def block_linear_layers(backbone: nn.Module) -> dict[str, list[str]]:
@@ -56,16 +66,32 @@ def target_modules(backbone: nn.Module, targets: Sequence[str]) -> list[str]:
     return [full_name for name in dict.fromkeys(targets) for full_name in layers[name]]
 
 
-def add_lora(
-    backbone: nn.Module, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets: Sequence[str] = ("qkv",)
-) -> None:
-    """Inject LoRA factors into `targets` (in place). B starts at zero: the backbone's outputs are unchanged
-    until it trains."""
-    check_lora_settings(rank, alpha, dropout, targets)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(backbone, list(targets))
-    )
-    inject_adapter_in_model(config, backbone)
+def is_factor(name: str) -> bool:
+    return any(part.startswith(FACTOR_PREFIX) for part in name.split("."))
+
+
+class LoRA(Adapter):
+    """W + (alpha / rank) B A on the named linear layers of every block (`targets`, e.g. [qkv]); B starts at zero,
+    so the backbone's outputs are unchanged until it trains. Export merges the updates into the weights."""
+
+    name = "lora"
+
+    def __init__(self, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets: Sequence[str] = ("qkv",)):
+        check_lora_settings(rank, alpha, dropout, targets)
+        super().__init__(rank=rank, alpha=alpha, dropout=dropout, targets=list(targets))
+
+    def attach(self, backbone: nn.Module) -> None:
+        settings = self.settings
+        config = LoraConfig(r=settings["rank"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
+                            target_modules=target_modules(backbone, settings["targets"]))
+        inject_adapter_in_model(config, backbone)
+
+    def trainable_parameters(self, backbone: nn.Module, module: nn.Module | None) -> list[nn.Parameter]:
+        return [parameter for name, parameter in backbone.named_parameters() if is_factor(name)]
+
+    def merge(self, backbone: nn.Module, module: nn.Module | None) -> bool:
+        merge_lora(backbone)
+        return True
 
 
 def merge_lora(backbone: nn.Module) -> None:

@@ -1,15 +1,4 @@
-"""The run directory: what a run writes where, what to do in a directory that holds a run, finding checkpoints.
-
-    <run_dir>/config.yaml            the resolved config (`.hydra/` keeps the composed one and the overrides)
-    <run_dir>/summary.json           written last: a run with one has finished
-    <run_dir>/FAILED.json            a run that stopped with an error (for vitcls-compare and sweeps)
-    <run_dir>/metrics.csv            per-epoch metrics (CSV logger)
-    <run_dir>/val_predictions.csv    per-image predictions of the tested checkpoint (vitcls.predictions)
-    <run_dir>/test_predictions.csv
-    <run_dir>/checkpoints/           epoch_NNN.ckpt (best), last.ckpt, interrupted.ckpt
-    <run_dir>/hpc_ckpt_N.ckpt        written by Lightning when SLURM signals a requeue
-    <run_dir>/previous_attempts/N/   what an earlier attempt left, when the run started again from scratch
-"""
+"""What to do in a run directory that may hold a run: start, resume (from which checkpoint), skip, or refuse."""
 
 from __future__ import annotations
 
@@ -17,36 +6,20 @@ import dataclasses
 import json
 import os
 import shutil
-import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from omegaconf import OmegaConf
-
-from vitcls.checkpoints import saved_during_validation
 from vitcls.errors import ConfigError
-from vitcls.io import write_json_atomic
-
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-FAILURE_FILE = "FAILED.json"
-METRICS_FILE = "metrics.csv"
-PREDICTIONS_FILES = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
-# Files only a started run writes: Hydra's own .hydra/ and log file do not count.
-RUN_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR)
-# Written by a ModelCheckpoint after every validation, and when a run is interrupted (SIGTERM, Ctrl+C).
-RESUME_CANDIDATES = (LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT)
-# Lightning's SLURM requeue checkpoints, in the run directory itself (the trainer's default_root_dir).
-HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
-PREVIOUS_ATTEMPTS_DIR = "previous_attempts"
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-# Settings that say how to run a job, not which job it is: a resumed sweep adds resume=true to every job.
-RUN_CONTROL_SETTINGS = ("resume", "resume_failed", "ckpt_path", "overwrite", "continue_on_failure")
+from vitcls.run.layout import (
+    CHECKPOINT_DIR,
+    FAILURE_FILE,
+    HPC_CHECKPOINTS,
+    PREVIOUS_ATTEMPTS_DIR,
+    RESUME_CANDIDATES,
+    RUN_OUTPUTS,
+    SUMMARY_FILE,
+    newest_resume_checkpoint,
+)
 
 
 class JobSkipped(Exception):  # noqa: N818 (not an error: the job has nothing to do)
@@ -75,19 +48,6 @@ def check_run_dir(output_dir: Path, resuming: bool, overwrite: bool, in_multirun
         "hydra.run.dir, resume it with ckpt_path=last (or resume=true, which also leaves a finished run as it "
         "is), or pass overwrite=true to replace it."
     )
-
-
-def resume_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoints a run can resume from: last.ckpt, interrupted.ckpt and SLURM's hpc_ckpt_N.ckpt."""
-    directory = run_dir / CHECKPOINT_DIR
-    found = [directory / name for name in RESUME_CANDIDATES if (directory / name).is_file()]
-    return found + sorted(run_dir.glob(HPC_CHECKPOINTS))
-
-
-def newest_resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest resume checkpoint, passing over any taken part-way through a validation."""
-    found = sorted(resume_checkpoints(run_dir), key=lambda path: path.stat().st_mtime, reverse=True)
-    return next((path for path in found if not saved_during_validation(path)), None)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -196,54 +156,3 @@ def resume_hint(run_dir: Path, sweep_dir: Path | None = None) -> str:
     return f"resume with: python train.py <the same overrides> hydra.run.dir={run_dir} ckpt_path=last"
 
 
-def _job_identity(overrides: Sequence[str]) -> list[str]:
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    return sorted(o for o in overrides if key(o) not in RUN_CONTROL_SETTINGS)
-
-
-def sweep_job_subdir(sweep_dir: Path, overrides: Sequence[str], job_num: int, resume: bool) -> str:
-    """The directory of a multirun job under sweep_dir: its number, or, when the sweep is resumed, the directory
-    of an earlier job with the same overrides (`.hydra/overrides.yaml`), whatever its number was."""
-    if resume and sweep_dir.is_dir():
-        wanted = _job_identity(overrides)
-        for recorded in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
-            if _job_identity(OmegaConf.to_container(OmegaConf.load(recorded))) == wanted:
-                return recorded.parent.parent.name
-        name, suffix = str(job_num), 1
-        while (sweep_dir / name / OVERRIDES_FILE).exists():  # another job's directory: not to be written into
-            name, suffix = f"{job_num}_{suffix}", suffix + 1
-        return name
-    return str(job_num)
-
-
-def run_dir_of_checkpoint(checkpoint: Path) -> Path:
-    """<run_dir>/checkpoints/x.ckpt -> <run_dir>."""
-    return checkpoint.resolve().parent.parent
-
-
-def record_failure(run_dir: Path, error: BaseException, overrides: Sequence[str]) -> Path:
-    """<run_dir>/FAILED.json: what went wrong, for `vitcls-compare` and for whoever reads the sweep."""
-    return write_json_atomic(
-        run_dir / FAILURE_FILE,
-        {
-            "error_type": type(error).__name__,
-            "message": str(error),
-            "overrides": list(overrides),
-            "traceback": traceback.format_exception(type(error), error, error.__traceback__),
-        },
-    )
-
-
-def clear_failure(run_dir: Path) -> None:
-    """An earlier failed attempt in this run directory has been redone successfully."""
-    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
-
-
-def summary_paths(run_dir: Path) -> dict[str, Any]:
-    """The `paths` entry of summary.json for the files every run writes."""
-    paths = {"run_dir": str(run_dir), "config": str(run_dir / CONFIG_FILE)}
-    if (run_dir / METRICS_FILE).exists():
-        paths["metrics_csv"] = str(run_dir / METRICS_FILE)
-    return paths

@@ -17,18 +17,17 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from vitcls.config import to_plain
+from vitcls.config import import_modules, to_plain
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import DatasetLayoutError, class_differences
 from vitcls.data.images import load_rgb
 from vitcls.errors import ConfigError
 from vitcls.io import write_json_atomic
-from vitcls.metrics import per_class_report, split_metrics
-from vitcls.models.heads import import_head_modules
+from vitcls.metrics import ordered_metrics, per_class_report
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.precision import log_precision
-from vitcls.predictions import write_predictions
-from vitcls.reports import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
+from vitcls.reporting.figures import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
+from vitcls.reporting.predictions_csv import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +71,28 @@ def pick_gallery(samples, probabilities: torch.Tensor, num_images: int, misclass
 def score(cfg: DictConfig) -> tuple[ClassifierModule, ImageFolderDataModule, dict[str, float], dict[str, str]]:
     """The checkpoint's test metrics on its run's test split (or the one `data.*` points to), and the
     precision they were computed in (the trainer preset of this machine unless trainer.precision says)."""
-    import_head_modules(list(cfg.get("imports") or []), "imports")
+    import_modules(list(cfg.get("imports") or []), "imports")
     module, checkpoint = ClassifierModule.from_checkpoint(cfg.ckpt_path)
+    if module.num_heads != 1:
+        raise ConfigError(
+            f"ckpt_path: {cfg.ckpt_path} holds {module.num_heads} heads (a head bank's training checkpoint): score the "
+            "selected head with ckpt_path=<run_dir>/checkpoints/selected.ckpt, or export any head with "
+            "vitcls-export <run_dir> OUT_DIR --bank-head NAME"
+        )
     datamodule = build_eval_datamodule(checkpoint, to_plain(cfg.data))
     check_same_classes(module.class_names, datamodule.class_names, str(datamodule.root))
     datamodule.set_data_config(module.data_config)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], _convert_="all")
     precision = log_precision(trainer.precision, trainer.strategy.root_device.type)
-    results = trainer.test(module, datamodule=datamodule, verbose=True)[0]
-    return module, datamodule, split_metrics(results, "test"), precision
+    trainer.test(module, datamodule=datamodule, verbose=True)
+    return module, datamodule, ordered_metrics(module.results["test"][0]), precision
 
 
 def write_reports(cfg: DictConfig, module: ClassifierModule, datamodule: ImageFolderDataModule,
                   metrics: dict[str, float], output_dir: Path) -> dict[str, Any]:
     class_names = module.class_names
-    confusion = module.last_confusion["test"]
-    probabilities = torch.cat(module.test_predictions)
+    confusion = module.confusion_matrices["test"][0]
+    probabilities = module.head_predictions("test")
     skipped = datamodule.skipped_files()
     # Files that went bad during the test loop were dropped from their batch (data.on_bad_image=skip);
     # shorter than the split only when trainer.limit_test_batches cuts the test loop.

@@ -20,6 +20,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from vitcls.adapters import Adapter
 from vitcls.errors import ConfigError
 
 
@@ -80,3 +81,20 @@ class VisualPrompts(nn.Module):
             if index in take:
                 intermediates.append(self._without_prompts(backbone.norm(x)))
         return self._without_prompts(backbone.norm(x)), intermediates
+
+
+class VPT(Adapter):
+    """`num_prompts` learned tokens in the sequence of a frozen timm ViT (`deep`: fresh ones at every block)."""
+
+    name = "vpt"
+
+    def __init__(self, num_prompts: int = 10, deep: bool = False):
+        super().__init__(num_prompts=num_prompts, deep=deep)
+
+    def attach(self, backbone: nn.Module) -> VisualPrompts:
+        return VisualPrompts(backbone, **self.settings)
+
+    def forward_features(
+        self, backbone: nn.Module, module: nn.Module | None, images: Tensor, take: Collection[int] = ()
+    ) -> tuple[Tensor, list[Tensor]]:
+        return module(backbone, images, take)

@@ -1,4 +1,5 @@
-"""Which settings of a job make its design: what vitcls-compare groups jobs by, and the `design` of a W&B run.
+"""Hydra override strings (`head=mlp`, `optim.lr=0.001`): writing them, merging them, and which of a job's
+settings make its design (what vitcls-compare groups jobs by, and the `design` of a W&B run).
 
 A job's settings are its Hydra overrides (`head=mlp`, `seed=2`). Of those that vary between jobs:
 - repetitions (`seed`, and the seeds that follow it) run the same design again with other randomness;
@@ -10,6 +11,7 @@ A job's settings are its Hydra overrides (`head=mlp`, `seed=2`). Of those that v
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 REPETITION_KEYS = ("seed", "data.shuffle_seed", "data.subset_seed")
 _BOOKKEEPING_KEYS = frozenset({
@@ -24,6 +26,32 @@ _PATH_SUFFIXES = (".dir", "_dir", ".dirpath", ".save_dir")
 def override_key(key: str) -> str:
     """`+head.norm` / `++x` / `~y` -> the setting's name."""
     return key.lstrip("+~")
+
+
+def override_value(value: Any) -> str:
+    """A value as a Hydra override writes it: 0.003, true, null, [256,128], {a:1}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def merge_overrides(*lists: Sequence[str]) -> list[str]:
+    """Overrides of several lists, in order; a later one for the same setting replaces an earlier one."""
+    merged: dict[str, str] = {}
+    for overrides in lists:
+        for override in overrides:
+            key = override_key(override.split("=", 1)[0])
+            merged.pop(key, None)
+            merged[key] = override
+    return list(merged.values())
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:

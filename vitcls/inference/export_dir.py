@@ -8,10 +8,11 @@
     OUT_DIR/model.onnx         with onnx=True: dynamic batch, verified against PyTorch on real images
                                (plus model.onnx.data when the exporter keeps the weights beside the graph)
 
-The network is rebuilt with `ImageClassifier.from_config`, the constructor that training used. A LoRA
-adapter is merged into the backbone's weights before writing (config.json then holds no adapter, and records
-the merged one under `source`): loading an export never needs peft. VPT prompts are saved as the parameters
-they are (`prompts.tokens`) and the config keeps the adapter, so the prompted forward is rebuilt.
+The network (one head) is rebuilt with `ImageClassifier.from_config`, the constructor that training used. An
+adapter that merges is folded into the backbone's weights before writing (config.json then holds no adapter,
+and records the merged one under `source`): loading such an export never needs the adapter's library. Any other
+adapter's parameters are saved as the parameters they are (`adapter_module.*`) and the config keeps the adapter,
+so its forward is rebuilt.
 """
 
 from __future__ import annotations
@@ -29,19 +30,20 @@ from safetensors.torch import load_file, save_file
 import vitcls
 from vitcls.data.folder import scan_folder
 from vitcls.data.images import load_rgb
-from vitcls.data.transforms import apply_preprocessing_overrides, build_eval_transform
 from vitcls.errors import ConfigError
 from vitcls.inference.onnx import ONNX_DATA_FILE, ONNX_FILE, ExportError, export_onnx, verify_onnx
 from vitcls.io import read_json, umask, write_json_atomic, write_text_atomic
 from vitcls.models import legacy
 from vitcls.models.classifier import ImageClassifier
-from vitcls.run_dir import SUMMARY_FILE, run_dir_of_checkpoint
+from vitcls.preprocessing import apply_preprocessing_overrides, build_eval_transform
+from vitcls.run.layout import SUMMARY_FILE, run_dir_of_checkpoint
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vitcls-export"
-# 2: `model` is an ImageClassifier config (tap apart, head by registered name); 1 (vitcls 0.1) is upgraded on load.
-FORMAT_VERSION = 2
+# 3: `model` is an ImageClassifier config with a list of `heads` (one); 2 (one `head` and `tap`, tensors `head.*`,
+# `prompts.*`) and 1 (vitcls 0.1) are upgraded on load.
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
@@ -64,7 +66,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"version={config.get('format_version')!r}); re-export with this vitcls version."
         )
     if config["format_version"] < 2:
-        config["model"] = legacy.upgrade_net_config(config["model"], config["class_names"])
+        config["model"] = legacy.net_config_of_v01(config["model"], config["class_names"])
+    config["model"] = legacy.upgrade_net_config(config["model"])
     return config
 
 
@@ -74,7 +77,7 @@ def load_exported_network(directory: str | Path) -> tuple[ImageClassifier, dict[
     config = read_config(directory)
     net = ImageClassifier.from_config(config["model"])
     try:
-        net.load_state_dict(load_file(directory / WEIGHTS_FILE))
+        net.load_state_dict(legacy.upgrade_network_state(load_file(directory / WEIGHTS_FILE)))
     except (RuntimeError, OSError) as error:
         raise ExportError(f"{directory / WEIGHTS_FILE} does not fit the model of {CONFIG_FILE}: {error}") from error
     return net.eval().requires_grad_(False), config
@@ -103,7 +106,7 @@ def _adapter_lines(config: dict[str, Any]) -> list[str]:
         return []
     described = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "name")
     if merged:
-        return ["", f"Trained with LoRA ({described}); the low-rank updates are merged into the weights."]
+        return ["", f"Trained with the {settings['name']} adapter ({described}), merged into the weights."]
     return ["", f"Adapter: {settings['name']} ({described}), part of the model."]
 
 

@@ -192,3 +192,39 @@ def save_prediction_gallery(
         fig.suptitle(title, **_LITERAL_TEXT)
     return _save_figure(fig, path)
 
+
+# --- a head bank: bank.png -------------------------------------------------------------------------------
+_BANK_LABEL_CHARS = 60
+_BANK_SELECTED = "#2ca02c"
+_BANK_VAL = "#1f77b4"
+_BANK_TEST = "#ff7f0e"
+_BANK_STOPPED = "#7f7f7f"
+
+
+def _bank_label(text: str) -> str:
+    return text if len(text) <= _BANK_LABEL_CHARS else text[: _BANK_LABEL_CHARS - 1] + "…"
+
+
+def save_bank_chart(report: dict[str, Any], path: Path) -> Path:
+    monitor = report["monitor"].removeprefix("val/")
+    selected = (report.get("selected") or {}).get("index")
+    heads = sorted(report["heads"], key=lambda head: head["rank"])
+    fig = Figure(figsize=(9, 1.2 + 0.24 * len(heads)), layout="constrained")
+    ax = fig.add_subplot()
+    for position, head in enumerate(heads):
+        val, test = (head.get("val") or {}).get(monitor), (head.get("test") or {}).get(monitor)
+        colour = _BANK_SELECTED if head["index"] == selected else _BANK_VAL if head["status"] == "ok" else _BANK_STOPPED
+        if val is not None:
+            ax.plot(val, position, "o", color=colour, markersize=6)
+        if test is not None:
+            ax.plot(test, position, "x", color=_BANK_TEST if head["status"] == "ok" else _BANK_STOPPED, markersize=6)
+    ax.set_yticks(range(len(heads)), [_bank_label(h["name"]) for h in heads], fontsize=7, parse_math=False)
+    ax.invert_yaxis()
+    ax.set_xlabel(monitor)
+    ax.grid(axis="x", alpha=0.3)
+    ax.plot([], [], "o", color=_BANK_VAL, label=f"val/{monitor} (selects)")
+    ax.plot([], [], "o", color=_BANK_SELECTED, label="selected head")
+    ax.plot([], [], "x", color=_BANK_TEST, label=f"test/{monitor} (reported only)")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title(f"head bank: {len(heads)} heads, selected on val/{monitor}", fontsize=9)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))

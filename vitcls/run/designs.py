@@ -1,11 +1,12 @@
-"""The designs of a head bank: the product of `bank.heads` x `bank.features` x `bank.lrs` x `bank.weight_decays`,
-minus the combinations that cannot work, each named like a design and carrying the train.py overrides that
-train it alone.
+"""The designs a run trains: one, from the config's `head`, `tap` and `optim` (a lone run), or a head bank's: the
+product of `bank.heads` x `bank.features` x `bank.lrs` x `bank.weight_decays`, minus the combinations that cannot
+work, each named like a design and carrying the train.py overrides that train it alone.
 
-A list left null is the run's own setting (`head`, `tap.features`, `optim.head_lr` or `optim.lr`,
-`optim.weight_decay`). An entry of `bank.heads` is a registered head name (its settings those of
-`conf/head/<name>.yaml`, as `head=<name>` gives), or a full head config: `{name: mlp, hidden_dims: [256]}` or
-`{_target_: vitcls.models.heads.MLPHead, hidden_dims: [256]}`, whose settings override those defaults.
+A bank list left null is the run's own setting (`head`, `tap.features`, `optim.head_lr` or `optim.lr`,
+`optim.weight_decay`). An entry of `bank.heads` is a registered head name (its settings those of its config in the
+`head` group, as `head=<name>` gives; composed by Hydra, so a search path's own heads count), or a full head
+config: `{name: mlp, hidden_dims: [256]}` or `{_target_: vitcls.models.heads.MLPHead, hidden_dims: [256]}`, whose
+settings override those defaults.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
-from vitcls.config import config_dir, head_spec_of, to_plain
-from vitcls.design_keys import design_name
+from vitcls.adapters import adapter_spec
+from vitcls.config import config_dir, to_plain
+from vitcls.config.checks import TRAINING_SETTINGS
+from vitcls.config.overrides import design_name, override_value
 from vitcls.errors import ConfigError
 from vitcls.models.features import AUTO, FEATURE_TAPS, resolve_features
 from vitcls.models.heads import HEADS, Head, HeadSpec, head_spec
@@ -32,8 +35,8 @@ _NOT_SETTINGS = ("_target_", "_partial_", "name", "module")
 
 
 @dataclass(frozen=True)
-class BankDesign:
-    """One head of the bank: what it is, and the overrides that make `train.py` train it alone."""
+class Design:
+    """One head of a run: what it is, and the overrides that make `train.py` train it alone."""
 
     index: int
     name: str
@@ -48,25 +51,10 @@ class BankDesign:
 
 
 @dataclass
-class BankPlan:
-    designs: list[BankDesign]
+class DesignPlan:
+    designs: list[Design]
     excluded: list[dict[str, str]]  # {"design", "reason"}: combinations left out
     varied: list[str]  # the settings that differ between designs (what their names show)
-
-
-def override_value(value: Any) -> str:
-    """A value as a Hydra override writes it: 0.003, true, null, [256,128], {a:1}."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def _unknown_head(name: Any) -> ConfigError:
@@ -76,12 +64,25 @@ def _unknown_head(name: Any) -> ConfigError:
     )
 
 
-def _yaml_settings(name: str) -> dict[str, Any] | None:
-    """The settings of conf/head/<name>.yaml (what `head=<name>` gives), None without such a file."""
-    path = config_dir() / "head" / f"{name}.yaml"
-    if not path.is_file():
+def head_group_settings(name: str) -> dict[str, Any] | None:
+    """The settings that `head=<name>` gives (its config in the `head` group, composed by Hydra with the search
+    path in use), None when the group has no such option."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    def composed() -> DictConfig:
+        return compose(config_name="train", overrides=[f"head={name}"])
+
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path
+            node = composed().head
+        else:
+            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+                node = composed().head
+    except MissingConfigException:
         return None
-    return {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k not in _NOT_SETTINGS}
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in _NOT_SETTINGS}
 
 
 def _head_class(entry: Mapping) -> type[Head]:
@@ -107,7 +108,7 @@ def resolve_head(entry: Any) -> tuple[HeadSpec, list[str]]:
         raise ConfigError(f"bank.heads: {entry!r} is neither a head name nor a head config")
     head_class = _head_class(entry)
     name = head_class.name
-    base = _yaml_settings(name)
+    base = head_group_settings(name)
     given = {k: v for k, v in entry.items() if k not in _NOT_SETTINGS}
     settings = {**(base or {}), **given}
     overrides = [f"head={name}"]
@@ -164,7 +165,39 @@ def _settings_of(overrides: list[str]) -> dict[str, str]:
     return {key.lstrip("+"): value for key, value in pairs}
 
 
-def expand_bank(cfg: DictConfig) -> BankPlan:
+def head_spec_of(node: DictConfig) -> HeadSpec:
+    """The `head` node (`_target_`: a registered Head class, plus its settings) as checkpoints store it."""
+    head_class = hydra.utils.get_class(node._target_)
+    if not (isinstance(head_class, type) and issubclass(head_class, Head)):
+        raise ConfigError(f"head._target_={node._target_!r} is not a subclass of vitcls.models.heads.Head")
+    settings = {k: v for k, v in to_plain(node).items() if k not in ("_target_", "_partial_")}
+    return head_spec(head_class, settings)
+
+
+def tap_settings(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in to_plain(cfg.tap).items() if k not in ("_target_", "_partial_")}
+
+
+def lone_design(cfg: DictConfig, overrides: list[str]) -> DesignPlan:
+    """The one design of a lone run: the config's head, tap, head lr and weight decay."""
+    spec = head_spec_of(cfg.head)
+    optim = cfg.get("optim") or {}
+    lr = optim.get("head_lr") or optim.get("lr")
+    design = Design(0, spec["name"], spec, tap_settings(cfg), lr, optim.get("weight_decay", 0.0), tuple(overrides))
+    return DesignPlan([design], [], [])
+
+
+def network_config(cfg: DictConfig, class_names: list[str], designs: list[Design]) -> dict[str, Any]:
+    """The ImageClassifier config of a run: the backbone and adapter of `model`/`adapter`, one head per design."""
+    return {
+        "backbone": {k: v for k, v in to_plain(cfg.model).items() if k not in TRAINING_SETTINGS},
+        "class_names": list(class_names),
+        "adapter": adapter_spec(to_plain(cfg.get("adapter"))),
+        "heads": [{"name": d.name, "head": d.head, "tap": d.tap} for d in designs],
+    }
+
+
+def expand_bank(cfg: DictConfig) -> DesignPlan:
     """Every design of the bank, in product order (heads, then features, lrs, weight decays)."""
     heads = [resolve_head(entry) for entry in _listed(cfg, "heads", [])] or [_run_head(cfg)]
     features = [str(f) for f in _listed(cfg, "features", [cfg.tap.features])]
@@ -205,7 +238,7 @@ def expand_bank(cfg: DictConfig) -> BankPlan:
     settings = [_settings_of(overrides) for *_, overrides in kept]
     varied = _varied(settings)
     designs = [
-        BankDesign(index, design_name(setting, varied).replace(", ", ","), spec, tap, lr, decay, tuple(overrides))
+        Design(index, design_name(setting, varied).replace(", ", ","), spec, tap, lr, decay, tuple(overrides))
         for index, ((spec, tap, lr, decay, overrides), setting) in enumerate(zip(kept, settings, strict=True))
     ]
-    return BankPlan(designs, excluded, varied)
+    return DesignPlan(designs, excluded, varied)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config, run_cli, tiny_net_config, train_in_process
 
-from vitcls.config.checks import check_train_config
+from vitcls.config.validation import check_train_config
 from vitcls.errors import ConfigError
 from vitcls.models.lightning_module import ClassifierModule
 

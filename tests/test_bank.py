@@ -15,7 +15,7 @@ from conftest import FAST_OVERRIDES, compose_config, make_image_folder, run_cli
 
 from vitcls.errors import ConfigError
 from vitcls.models.heads import HEADS
-from vitcls.run.designs import expand_bank
+from vitcls.run.design_plan import expand_bank
 
 # Three head types on three taps: 5 designs (attention_pool only on tokens, the others never on tokens).
 BANK_LISTS = ["bank=default", "bank.heads=[linear,mlp,attention_pool]", "bank.features=[cls,mean,tokens]"]

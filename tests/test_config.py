@@ -8,7 +8,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from vitcls.config import instantiate_dict_group
-from vitcls.run.designs import head_spec_of
+from vitcls.run.design_plan import head_spec_of
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))

@@ -5,7 +5,7 @@ from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
 from vitcls.models.heads import HEADS, LinearHead, MLPHead, build_head
-from vitcls.run.designs import head_spec_of
+from vitcls.run.design_plan import head_spec_of
 
 HEAD_YAMLS = sorted(p.stem for p in (CONF_DIR / "head").glob("*.yaml"))
 

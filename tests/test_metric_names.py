@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, compose_config, train_in_process
 from torchmetrics.classification import MulticlassSpecificity
 
 from vitcls import metrics
-from vitcls.config.checks import check_monitor
+from vitcls.config.validation import check_monitor
 from vitcls.errors import ConfigError
 
 ADDED = "specificity_macro"

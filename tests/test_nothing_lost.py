@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from vitcls.io import write_json_atomic
-from vitcls.reporting.figures import (
+from vitcls.reporting.plots import (
     GalleryItem,
     _confusion_figure,
     save_prediction_gallery,

@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 import vitcls.io
 from vitcls.io import write_json_atomic, write_text_atomic
 from vitcls.metrics import per_class_report
-from vitcls.reporting.figures import (
+from vitcls.reporting.plots import (
     GalleryItem,
     save_confusion_matrix,
     save_prediction_gallery,

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from conftest import compose_config
 
-from vitcls.config.checks import check_train_config
+from vitcls.config.validation import check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.data.folder import Sample
 from vitcls.data.split import stratified_subset

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> Path:
     import_modules(args.imports)
     source = Path(args.checkpoint).expanduser()
     if source.is_dir() or args.bank_head is not None:
-        from vitcls.run.heads import export_bank_head
+        from vitcls.run.bank_heads import export_bank_head
 
         return export_bank_head(source, args.out_dir, args.bank_head, onnx=args.onnx,
                                 verify_images=args.verify_images or None)

@@ -1,6 +1,6 @@
 """The composed Hydra config: where it lives, its resolvers, and turning its nodes into objects.
 
-  checks      every setting checked before any folder scan, model or trainer is built
+  validation  every setting checked before any folder scan, model or trainer is built
   overrides   Hydra override strings: which settings make a design, writing and merging overrides
   sweeps      where a multirun job's directory is (resumed sweeps find each job by its overrides)
 """

@@ -123,7 +123,7 @@ def folder_metrics(
     torchmetrics (which imports matplotlib, and transformers where installed) and the figure are imported
     here, not at the top: predicting without labels needs neither."""
     from vitcls.metrics import classification_metrics, confusion_matrix_metric, per_class_report
-    from vitcls.reporting.figures import save_confusion_matrix
+    from vitcls.reporting.plots import save_confusion_matrix
 
     class_index = {name: i for i, name in enumerate(predictor.class_names)}
     scored = [

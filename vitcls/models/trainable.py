@@ -71,7 +71,7 @@ def _freeze(backbone: nn.Module, train_blocks: str | int, bitfit: bool) -> list[
             "model.bitfit=true trains the biases of trainable blocks, but model.train_blocks=none "
             "freezes them all; set model.train_blocks=all (BitFit) or a number of last blocks."
         )
-    backbone.requires_grad_(trained > 0)  # an adapter may have frozen it already (peft does)
+    backbone.requires_grad_(trained > 0)  # an adapter may have frozen it already
     if trained == 0:
         return [backbone]
 

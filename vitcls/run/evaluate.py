@@ -26,7 +26,7 @@ from vitcls.io import write_json_atomic
 from vitcls.metrics import ordered_metrics, per_class_report
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.precision import log_precision
-from vitcls.reporting.figures import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
+from vitcls.reporting.plots import GalleryItem, save_confusion_matrix, save_prediction_gallery, save_report
 from vitcls.reporting.predictions_csv import write_predictions
 
 log = logging.getLogger(__name__)

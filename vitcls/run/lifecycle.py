@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vitcls.config import in_multirun, instantiate_dict_group, to_plain
-from vitcls.config.checks import check_train_config
+from vitcls.config.validation import check_train_config
 from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.distributed import BatchLayout, batch_layout, ddp_scoped_to_this_hydra_job
 from vitcls.io import read_json, write_text_atomic
@@ -37,10 +37,10 @@ from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.optim import scale_lr_with_batch
 from vitcls.precision import log_precision, use_tensor_cores_for_float32
 from vitcls.reporting.publish import publish_run_config
-from vitcls.run.designs import DesignPlan, network_config
+from vitcls.run.design_plan import DesignPlan, network_config
 from vitcls.run.inputs import training_inputs
 from vitcls.run.layout import CONFIG_FILE, SUMMARY_FILE
-from vitcls.run.outputs import TrainedRun
+from vitcls.run.run_files import TrainedRun
 from vitcls.run.plan import JobSkipped, RunPlan, plan_run, set_aside_previous_attempt
 from vitcls.run.studies import Study
 from vitcls.untrusted import validate_resume_checkpoint

@@ -26,10 +26,10 @@ from vitcls.errors import ConfigError
 from vitcls.inference.export_dir import export_checkpoint
 from vitcls.io import write_json_atomic, write_text_atomic
 from vitcls.models.lightning_module import ClassifierModule
-from vitcls.reporting.figures import save_bank_chart
+from vitcls.reporting.plots import save_bank_chart
 from vitcls.reporting.publish import publish_results
-from vitcls.run.designs import DesignPlan, expand_bank, lone_design
-from vitcls.run.heads import (
+from vitcls.run.design_plan import DesignPlan, expand_bank, lone_design
+from vitcls.run.bank_heads import (
     STATUS_OK,
     csv_text,
     export_bank_head,
@@ -52,7 +52,7 @@ from vitcls.run.layout import (
     SUMMARY_FILE,
     head_dir_name,
 )
-from vitcls.run.outputs import (
+from vitcls.run.run_files import (
     TrainedRun,
     head_results,
     run_results,

@@ -20,10 +20,10 @@ from vitcls.distributed import BatchLayout
 from vitcls.metrics import ordered_metrics
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.precision import describe_precision
-from vitcls.reporting.figures import save_confusion_matrix
+from vitcls.reporting.plots import save_confusion_matrix
 from vitcls.reporting.predictions_csv import write_predictions
 from vitcls.reporting.results import HeadResults, RunResults
-from vitcls.run.designs import DesignPlan
+from vitcls.run.design_plan import DesignPlan
 from vitcls.run.layout import PREDICTIONS_FILES, summary_paths
 
 log = logging.getLogger(__name__)

@@ -70,3 +70,16 @@ class SignalAt(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx=0) -> None:
         if self.in_validation and not trainer.sanity_checking:
             self._send(trainer, f"validation batch {batch_idx}")
+
+
+class DrawRandomNumbers(Callback):
+    """Draws `count` numbers from the global torch generator when training starts: every random number drawn after
+    it (dropout masks) comes from another place in the stream."""
+
+    def __init__(self, count: int = 1):
+        self.count = count
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
+        torch.rand(self.count)

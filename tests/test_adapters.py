@@ -69,10 +69,10 @@ def test_a_step_changes_the_adapter_and_the_head_and_nothing_else(adapter):
     before = {name: p.detach().clone() for name, p in module.net.named_parameters()}
     _step(module)  # two steps: LoRA's A gets a gradient only once B is no longer zero
     adapter_names = {n for n, p in module.net.named_parameters() if any(p is q for q in module.net.adapter_parameters())}
-    assert adapter_names and all("lora_" in n or n.startswith("prompts.") for n in adapter_names)
+    assert adapter_names and all("lora_" in n or n.startswith("adapter_module.") for n in adapter_names)
     for name, parameter in module.net.named_parameters():
         changed = not torch.equal(parameter, before[name])
-        assert changed == (name in adapter_names or name.startswith("head.")), name
+        assert changed == (name in adapter_names or name.startswith("heads.")), name
 
 
 def test_lora_with_trained_blocks_trains_those_blocks_too():
@@ -106,9 +106,10 @@ def test_layer_decay_groups_lora_factors_by_block_and_prompts_apart():
     assert by_parameter[id(first)]["lr"] == pytest.approx(1e-3 * 0.5**12)
 
     vpt = adapted_module(VPT_DEEP)
-    optimizer = create_optimizer(vpt.net.backbone, vpt.net.head, lr=1e-3, layer_decay=0.5, prompts=vpt.net.prompts)
-    (group,) = [g for g in optimizer.param_groups if g["name"] == "prompts_no_decay"]
-    assert group["params"][0] is vpt.net.prompts.tokens and group["lr"] == 1e-3 and group["weight_decay"] == 0
+    optimizer = create_optimizer(vpt.net.backbone, vpt.net.head, lr=1e-3, layer_decay=0.5,
+                                 adapter_parameters=vpt.net.adapter_parameters())
+    (group,) = [g for g in optimizer.param_groups if g["name"] == "adapter_no_decay"]
+    assert group["params"][0] is vpt.net.adapter_module.tokens and group["lr"] == 1e-3 and group["weight_decay"] == 0
 
 
 # --- LoRA merging and export --------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_lora_export_is_a_plain_model_that_loads_without_peft(tmp_path):
     out = export_model(net, tmp_path / "export", net.data_config)
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["adapter"] is None and config["source"]["merged_adapter"] == LORA
-    assert "LoRA" in (out / "README.md").read_text()
+    assert "lora adapter" in (out / "README.md").read_text()
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     loaded, _ = load_exported_network(out)
     with torch.no_grad():
@@ -174,7 +175,7 @@ def _final_norm_input_and_output(net, images):
     seen = {}
     handle = net.backbone.norm.register_forward_hook(lambda m, args, out: seen.update(out=out))
     with torch.no_grad():
-        features = net.features(images)
+        (features,) = net.features(images)
     handle.remove()
     return features, seen["out"]
 
@@ -205,13 +206,13 @@ def test_prompts_enter_after_the_prefix_tokens_and_deep_prompts_replace_them_at_
     for handle in handles:
         handle.remove()
     for index in range(DEPTH):
-        assert torch.equal(inputs[index][0, 1:11], net.prompts.tokens[index]), index
+        assert torch.equal(inputs[index][0, 1:11], net.adapter_module.tokens[index]), index
 
     shallow = adapted_module(VPT).net.eval()
     with torch.no_grad():
         images = torch.randn(2, 3, 32, 32)
         before = shallow(images)
-        shallow.prompts.tokens.add_(torch.randn_like(shallow.prompts.tokens))
+        shallow.adapter_module.tokens.add_(torch.randn_like(shallow.adapter_module.tokens))
         assert not torch.allclose(shallow(images), before, atol=1e-4)  # the prompts are in the sequence
 
 
@@ -223,7 +224,7 @@ def test_last_k_tap_with_prompts_reads_the_cls_token_of_the_last_blocks():
         for i in (10, 11)
     ]
     with torch.no_grad():
-        features = net.features(torch.randn(2, 3, 32, 32))
+        (features,) = net.features(torch.randn(2, 3, 32, 32))
         expected = torch.cat([net.backbone.norm(outputs[i])[:, 0] for i in (10, 11)], dim=-1)
     for handle in handles:
         handle.remove()
@@ -237,7 +238,7 @@ def test_vpt_export_keeps_the_prompts_and_predicts_like_the_network(tmp_path):
     out = export_model(net, tmp_path / "export", net.data_config)
     from safetensors.torch import load_file
 
-    assert torch.equal(load_file(out / "model.safetensors")["prompts.tokens"], net.prompts.tokens)
+    assert torch.equal(load_file(out / "model.safetensors")["adapter_module.tokens"], net.adapter_module.tokens)
     assert json.loads((out / "config.json").read_text())["model"]["adapter"] == VPT_DEEP
     loaded, _ = load_exported_network(out)
     images = torch.randn(3, 3, 32, 32)
@@ -405,7 +406,7 @@ def test_an_adapter_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_o
     resumed = train_in_process(tmp_path / "resumed", *common, f"ckpt_path={last}")
     assert resumed["test"] == reference["test"]
     final = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True) for d in ("reference", "resumed")]
-    adapter_keys = [k for k in final[0]["state_dict"] if "lora_" in k or k.startswith("net.prompts.")]
+    adapter_keys = [k for k in final[0]["state_dict"] if "lora_" in k or k.startswith("net.adapter_module.")]
     assert adapter_keys
     for key, value in final[0]["state_dict"].items():
         assert torch.equal(value, final[1]["state_dict"][key]), key
@@ -446,9 +447,9 @@ def test_every_rung_composes_to_what_it_names():
         "attention_probe": ("AttentionPoolHead", "none", False, None, None),
         "last2_blocks": ("LinearHead", "2", False, None, None),
         "bitfit": ("LinearHead", "all", True, None, None),
-        "lora": ("LinearHead", "none", False, "add_lora", None),
-        "vpt_shallow": ("LinearHead", "none", False, "VisualPrompts", False),
-        "vpt_deep": ("LinearHead", "none", False, "VisualPrompts", True),
+        "lora": ("LinearHead", "none", False, "LoRA", None),
+        "vpt_shallow": ("LinearHead", "none", False, "VPT", False),
+        "vpt_deep": ("LinearHead", "none", False, "VPT", True),
         "full_finetune": ("LinearHead", "all", False, None, None),
     }
     sweep = compose_config("train", ["sweep=adaptation_ladder"])

@@ -261,7 +261,7 @@ def test_sweeps_live_in_their_own_group():
 
     assert not list((CONF_DIR / "experiment").glob("*sweep*"))
     sweeps = sorted((CONF_DIR / "sweep").glob("*.yaml"))
-    assert {"heads", "head_designs"} <= {p.stem for p in sweeps}
+    assert {"heads", "head_search", "adaptation_ladder"} <= {p.stem for p in sweeps}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for sweep in sweeps:
             cfg = compose("train", [f"sweep={sweep.stem}"], return_hydra_config=True)

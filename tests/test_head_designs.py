@@ -235,7 +235,9 @@ def test_head_design_sweep_over_two_heads_and_two_taps_completes(image_folder_fa
     run_cli(
         "train.py",
         "-m",
-        "sweep=head_designs",
+        "sweep=heads",
+        "seed=1",
+        f"feature_cache.dir={tmp_path / 'cache'}",
         f"data.root={root}",
         "head=linear,cosine",
         "tap.features=cls,mean",
@@ -251,7 +253,8 @@ def test_head_design_sweep_over_two_heads_and_two_taps_completes(image_folder_fa
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())
         hparams = torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]
-        head, features = hparams["net"]["head"]["name"], hparams["net"]["tap"]["features"]
+        (entry,) = hparams["net"]["heads"]
+        head, features = entry["head"]["name"], entry["tap"]["features"]
         seen.add((head, features))
         head_parameters = {"linear": D * 2 + 2, "cosine": D * 2 + 1}[head]
         assert summary["params"]["trainable"] == head_parameters

@@ -4,11 +4,9 @@ checkpoint monitor, vitcls-compare and vitcls-predict's metrics.json without ano
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO_ROOT, compose_config, train_in_process
+from conftest import compose_config, train_in_process
 from torchmetrics.classification import MulticlassSpecificity
 
 from vitcls import metrics
@@ -60,8 +58,6 @@ def test_the_monitor_must_be_a_validation_metric_of_the_collection(added_metric)
             check_monitor(bad)
 
 
-def test_the_default_monitor_and_the_wandb_sweep_use_collection_names():
+def test_the_default_monitor_is_a_collection_name():
     names = {f"val/{name}" for name in metrics.metric_names()}
     assert compose_config("train").monitor in names
-    sweep = yaml.safe_load(Path(REPO_ROOT / "sweeps" / "wandb_head_search.yaml").read_text())
-    assert sweep["metric"]["name"] in names

@@ -16,7 +16,7 @@ from vitcls.data.datamodule import ImageFolderDataModule
 from vitcls.errors import ConfigError
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.models.trainable import first_trainable_block
-from vitcls.run.inputs import token_keys
+from vitcls.run import inputs
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 # bfloat16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of its magnitude.
@@ -69,7 +69,7 @@ def token_keys(root, module, block=10, token_dtype="bfloat16"):
     images = ImageFolderDataModule(root, num_workers=0, batch_size=4)
     images.set_data_config(module.data_config)
     images.setup()
-    return token_keys(images, module, "32-true", block, token_dtype)
+    return inputs.token_keys(images, module, "32-true", block, token_dtype)
 
 
 def test_token_keys_follow_the_block_and_dtype_but_not_the_feature_tap(image_folder_factory):

@@ -221,38 +221,16 @@ def test_every_job_of_the_head_sweep_composes(tmp_path):
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         params = compose("train", ["sweep=heads"], return_hydra_config=True).hydra.sweeper.params
-    assert set(params) >= {"head", "model.train_blocks"}
+    assert set(params) >= {"head", "seed"}
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     choices = [[f"{o.key_or_group}={value}" for value in o.sweep_string_iterator()] for o in overrides]
     jobs = list(itertools.product(*choices))
-    assert len(jobs) == 8
+    assert len(jobs) == 12
     for job in jobs:
         cfg = compose_config("train", ["sweep=heads", f"paths.output_dir={tmp_path}", *job,
                                        "model.pretrained=false", "model.img_size=32", "+model.depth=2"])
         assert cfg.data.root.endswith("fruits360-10")
         assert build_module(cfg, class_names=["a", "b", "c"]).eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
-
-
-def test_the_wandb_sweep_example_passes_valid_overrides_to_train_py(tmp_path):
-    """What `wandb agent` runs for the corners of the search space composes into the values it chose."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
-
-    sweep = load_sweep_config(str(REPO_ROOT / "sweeps" / "wandb_head_search.yaml"))
-    assert sweep["program"] == "train.py" and sweep["metric"]["name"] == "val/f1_macro"
-    fixed = [arg for arg in sweep["command"] if not arg.startswith("${")]
-    parameters = sweep["parameters"]
-    for corner in (0, -1):
-        chosen = {
-            name: spec["values"][corner] if "values" in spec else spec["max" if corner else "min"]
-            for name, spec in parameters.items()
-        }
-        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in chosen.items()}})[
-            "args_no_hyphens"
-        ]
-        cfg = compose_config("train", [*fixed, *args, f"paths.output_dir={tmp_path}"])
-        for name, value in chosen.items():
-            assert OmegaConf.select(cfg, name) == value, name
-    assert "logger=wandb" in fixed
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))

@@ -10,11 +10,16 @@ from sklearn import metrics as skm
 from vitcls.compare.stats import (
     COUNT_METRICS,
     Resampler,
+    SeedVariance,
     class_counts,
     estimate,
+    image_floor,
     metric_on_resamples,
     p_value_of_difference,
+    pooled_seed_variance,
+    wilson_interval,
 )
+from vitcls.compare.vs_best import against_best, holm, label, verdict
 from vitcls.metrics import classification_metrics
 from vitcls.reporting.predictions_csv import Predictions
 
@@ -89,7 +94,8 @@ def test_identical_designs_have_p_one_and_a_dominating_one_p_below_one_percent()
     resampler = Resampler(resamples=1000)
     same = resampler.replicates(predictions(true, pred), ["acc"], 3)["acc"][None]
     point = [float((pred == true).mean())]
-    assert p_value_of_difference(point, same, point, same) == 1.0
+    no_seed_spread = SeedVariance(0.0, 4.0)  # one seed each: it must be borrowed from somewhere
+    assert p_value_of_difference(point, same, point, same, pooled=no_seed_spread) == 1.0
     # three seeds each, identical prediction sets: the spread over seeds is the same on both sides
     seeds = [np.where(rng.random(150) < 0.7, true, (true + 1) % 3) for _ in range(3)]
     points = [float((s == true).mean()) for s in seeds]
@@ -97,9 +103,42 @@ def test_identical_designs_have_p_one_and_a_dominating_one_p_below_one_percent()
     assert p_value_of_difference(points, replicates, points, replicates) == pytest.approx(1.0)
     # right on every image where `pred` is wrong (and where it is right)
     better = resampler.replicates(predictions(true, true), ["acc"], 3)["acc"][None]
-    assert p_value_of_difference([1.0], better, point, same) < 0.01
-    # nothing measures the error: one seed each, no predictions
-    assert np.isnan(p_value_of_difference([0.8], None, [0.7], None))
+    assert p_value_of_difference([1.0], better, point, same, pooled=no_seed_spread) < 0.01
+
+
+def test_without_predictions_or_a_seed_variance_there_is_no_p_value():
+    rng = np.random.default_rng(3)
+    replicates = rng.normal(0.8, 0.02, (3, 200))
+    three, one = [0.78, 0.8, 0.82], [0.7]
+    assert np.isnan(p_value_of_difference(three, None, three, replicates))  # one side without predictions
+    assert np.isnan(p_value_of_difference(three, None, [0.7, 0.72, 0.71], None))  # seeds alone miss the images
+    # one seed: its seed variance is unknown unless borrowed
+    assert np.isnan(p_value_of_difference(one, replicates[:1], three, replicates))
+    assert not np.isnan(p_value_of_difference(one, replicates[:1], three, replicates, pooled=SeedVariance(1e-4, 4)))
+
+
+def test_a_one_seed_design_against_three_seeds_with_the_pooled_variance_by_hand():
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(4)
+    one, three = [0.74], [0.78, 0.81, 0.80]
+    replicates_one, replicates_three = rng.normal(0.74, 0.02, (1, 500)), rng.normal(0.8, 0.02, (3, 500))
+    others = [[0.6, 0.64], [0.7, 0.69, 0.75]]
+    pooled = pooled_seed_variance([one, three, *others])
+    # by hand: the sum of squares about each design's mean over the summed degrees of freedom (one seed: none)
+    squares = sum(((np.asarray(x) - np.mean(x)) ** 2).sum() for x in (three, *others))
+    assert pooled.variance == pytest.approx(squares / (2 + 1 + 2)) and pooled.df == 5
+    assert pooled_seed_variance([one, [0.5]]) is None
+
+    image = (replicates_one.mean(axis=0) - replicates_three.mean(axis=0)).var(ddof=1)
+    seed_one, seed_three = pooled.variance, np.var(three, ddof=1) / 3
+    total = image + seed_one + seed_three
+    df = total**2 / (seed_one**2 / 5 + seed_three**2 / 2)
+    expected = 2 * scipy_stats.t.sf(abs(0.74 - np.mean(three)) / np.sqrt(total), df)
+    found = p_value_of_difference(one, replicates_one, three, replicates_three, pooled=pooled)
+    assert found == pytest.approx(expected)
+    # the single seed's own spread, taken as zero, would have claimed more certainty
+    assert found > p_value_of_difference(one, replicates_one, three, replicates_three, pooled=SeedVariance(0.0, 5))
 
 
 def simulated_coverage(trials, seeds, images, seed_sd, rng):
@@ -159,3 +198,73 @@ def test_runs_sharing_a_directory_are_resampled_from_their_own_predictions(tmp_p
     replicates = RunReplicates(Resampler(50), {"test": ["acc"]})
     good, bad = (replicates.get(run, "test")["acc"] for run in runs)
     assert np.all(good == 1.0) and np.all(bad == 0.0)
+
+
+def test_holm_on_a_hand_computed_example_and_as_the_step_down_procedure():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6]) and holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+    adjusted = holm([0.01, float("nan"), 0.04])  # an untested design is no part of the family
+    assert adjusted[0] == pytest.approx(0.02) and np.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert holm([]) == []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, rng.integers(1, 12)) ** rng.uniform(0.5, 2)
+        for alpha in (0.01, 0.05, 0.1):
+            # Holm's procedure: reject the i-th smallest while p(i) <= alpha / (m - i), i from 0; stop at the first not
+            rejected = set()
+            for i, index in enumerate(np.argsort(p)):
+                if p[index] > alpha / (len(p) - i):
+                    break
+                rejected.add(int(index))
+            assert {i for i, q in enumerate(holm(list(p))) if q <= alpha} == rejected
+
+
+def test_labels_follow_the_corrected_p_value_and_the_direction():
+    assert label(0.01, +0.02) == "better" and label(0.01, -0.02) == "worse"
+    assert label(0.05, -0.02) == label(0.3, 0.1) == "not distinguishable"
+    assert label(float("nan"), 0.1) == label(0.01, float("nan")) == "unknown"
+    # raw 0.03 and 0.04 are each below 0.05, but not after Holm (0.06, 0.06)
+    results = against_best(["a", "b", "c"], [-0.1, 0.1, -0.01], [0.03, 0.04, float("nan")])
+    assert [r.label for r in results] == ["not distinguishable", "not distinguishable", "unknown"]
+    assert [r.p_holm for r in results][:2] == pytest.approx([0.06, 0.06])
+    results = against_best(["a", "b"], [-0.1, 0.1], [0.001, 0.02])
+    assert [r.label for r in results] == ["worse", "better"]
+    line = verdict("m", results, [3, 3, 3], selected_on="val/acc", tested_on="test/acc")
+    assert line == "m best on val/acc; on test/acc better than a; worse than b (3 seeds each, Holm-corrected over " \
+                   "2 tests, alpha 0.05)"
+    assert verdict("m", [], [2], selected_on="val/acc", tested_on="test/acc") == \
+        "m best on val/acc; no other design to test it against"
+
+
+@pytest.mark.parametrize("n", [1, 20, 240, 1714])
+def test_the_wilson_interval_equals_scipys_at_0_and_n_errors(n):
+    from scipy import stats as scipy_stats
+
+    for correct in sorted({0, 1, n // 2, n - 1, n}):
+        expected = scipy_stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(correct, n) == pytest.approx((expected.low, expected.high))
+    z2 = scipy_stats.norm.ppf(0.975) ** 2
+    assert wilson_interval(n, n) == pytest.approx((n / (n + z2), 1.0))
+    assert wilson_interval(0, n) == pytest.approx((0.0, z2 / (n + z2)))
+
+
+@pytest.mark.parametrize("all_right", [True, False], ids=["0-errors", "n-errors"])
+def test_a_split_without_errors_or_without_a_right_answer_gets_an_interval_of_nonzero_width(all_right):
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(5)
+    true = rng.integers(0, 3, 300)
+    pred = true if all_right else (true + 1) % 3
+    replicates = Resampler(300).replicates(predictions(true, pred), ["acc", "f1_macro"], 3)
+    assert np.ptp(replicates["acc"]) == 0.0  # the bootstrap alone sees no spread
+    wilson = scipy_stats.binomtest(300 if all_right else 0, 300).proportion_ci(method="wilson")
+    value = 1.0 if all_right else 0.0
+    for metric in ("acc", "f1_macro"):
+        found = estimate([value], replicates[metric][None], (0.0, 1.0),
+                         contains=image_floor(metric, value, value, 300))
+        assert (found.ci_low, found.ci_high) == pytest.approx((wilson.low, wilson.high))
+    # the floor only widens: an interval already wider keeps its ends
+    wide = estimate([0.8, 0.7, 0.9], None, (0.0, 1.0), contains=image_floor("acc", 0.8, 0.8, 300))
+    assert wide.mean - wide.ci_low == pytest.approx(4.302652729911275 * 0.1 / np.sqrt(3))
+    assert image_floor("loss", 0.1, 1.0, 300) is None and image_floor("acc", 1.0, 1.0, None) is None

@@ -2,8 +2,10 @@
 
 Jobs that differ only in `seed` form one design. One row per design: its validation metric (the ranking) and
 its test acc / f1_macro, each as mean and std over seeds with a 95% interval (bootstrap over images plus
-the spread over seeds), and p_vs_best / tied_with_best (a paired test on the test images against the best
-design). Designs are never ranked by a test metric. Failed and unfinished jobs are listed.
+the spread over seeds, never narrower than the Wilson interval of acc), and its test against the best design
+(a paired test on the test images): diff_vs_best, p_vs_best_raw, p_vs_best_holm (Holm-corrected over the
+designs tested) and vs_best (best, better, worse, not distinguishable, unknown). A verdict line under the
+table sums it up. Designs are never ranked by a test metric. Failed and unfinished jobs are listed.
 Writes compare.csv, compare.md, compare.json, compare.png and the per-job compare_jobs.csv/.md.
 """
 

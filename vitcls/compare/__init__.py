@@ -6,7 +6,9 @@ Data flow, one module per step:
                                     ignored; `--tune` values as candidates; one group per `--x` value)
   designs.choose_candidates         each design's tuned values: best mean validation metric
   scoring.score_designs             `DesignScore`s: estimates with intervals (stats), rank by the validation
-                                    metric, p-value against the best on the test split
+                                    metric, p-value against the best on the test split, Holm-corrected and
+                                    labelled (vs_best), one `GroupResult` per comparison
+  outputs.verdicts                  one line per comparison: the best and what the tests say of the others
   outputs.design_rows / job_rows    plain rows -> compare.csv, compare.md, compare.json; compare_jobs.csv/.md
   figures                           compare.png (designs with intervals, or learning curves with `--x`)
   vitcls.loggers.wandb              with `--wandb`: the table and figure in one run of the sweep's W&B group
@@ -25,16 +27,20 @@ from typing import Any
 
 from vitcls.compare.designs import choose_candidates, design_keys, group_designs, job_keys, varied_keys
 from vitcls.compare.outputs import (
+    counts_text,
     csv_text,
     design_markdown,
     design_rows,
     job_markdown,
     job_rows,
+    seed_variance_notes,
+    sweep_counts,
     unfinished_jobs,
+    verdicts,
 )
 from vitcls.compare.runs import Run, Sweep, read_sweep
 from vitcls.compare.scoring import Ranking, score_designs
-from vitcls.compare.stats import CONFIDENCE, DEFAULT_RESAMPLES, Resampler
+from vitcls.compare.stats import CONFIDENCE, DEFAULT_RESAMPLES, SIGNIFICANCE, Resampler
 from vitcls.config.overrides import REPETITION_KEYS
 from vitcls.errors import ConfigError
 from vitcls.io import write_text_atomic
@@ -43,8 +49,15 @@ from vitcls.metrics import DEFAULT_SELECTION_METRIC, better_is, metric_names
 METHOD = (
     "mean ± std over seeds [{confidence:.0%} interval]. Interval: mean ± t·SE with SE² = variance of the "
     "seed-mean over {resamples} bootstrap resamples of the images + variance over seeds / n_seeds "
-    "(Welch-Satterthwaite df). p_vs_best: the same test on the difference to the best design, on "
-    "test/{metric}, with the images resampled in pairs (every design is scored on the same test images)."
+    "(Welch-Satterthwaite df); it always contains the Wilson score interval of acc on the split's images "
+    "(other count metrics: as far on each side of their mean), so 0 or n errors do not give a zero-width "
+    "interval. Against the best design, on test/{metric}: diff_vs_best = its mean minus the best's; "
+    "p_vs_best_raw = the two-sided test of that difference with the same SE, the images resampled in pairs "
+    "(every design is scored on the same test images); p_vs_best_holm = those p-values Holm-corrected for "
+    "the {tests} designs tested against the same best{per_x}. vs_best: better or worse when p_vs_best_holm "
+    "< {alpha:g} (the sign of diff_vs_best), 'not distinguishable' otherwise: the test found no difference at "
+    "{alpha:g}, which is not evidence that the designs are equal (that would need an equivalence margin, which "
+    "depends on the task); unknown: no p-value."
 )
 
 
@@ -126,29 +139,39 @@ def compare(
         keys = []
     designs = group_designs(runs, keys, tuned, x)
     choose_candidates(designs, _mean_score(*ranking.key), ranking.minimize)
-    scores = score_designs(designs, ranking, Resampler(resamples))
+    scores, results = score_designs(designs, ranking, Resampler(resamples))
 
     rows = design_rows(scores, ranking, x, tuned)
     per_job_keys = job_keys(runs)
     jobs = job_rows(runs, per_job_keys, ranking)
     unfinished = unfinished_jobs(designs, per_job_keys)
+    found = verdicts(results, ranking, x)
     selected_on_test = ranking.split == "test"
-    method = METHOD.format(confidence=CONFIDENCE, resamples=resamples, metric=ranking.metric)
+    tests = sorted({v["tests"] for v in found}) or [0]
+    method = METHOD.format(
+        confidence=CONFIDENCE, resamples=resamples, metric=ranking.metric, alpha=SIGNIFICANCE,
+        tests=f"{tests[0]}" if len(tests) == 1 else f"{tests[0]}-{tests[-1]}",
+        per_x=f" (within each value of {x})" if x else "",
+    )
     lacking = sorted({run.name for s in scores for run in s.design.runs
                       if not all(split in run.predictions for split in ("val", "test"))})
+    counts = sweep_counts(scores, runs, x)
     title = (
-        f"Designs of {sweep_dir} ({len(runs)} jobs), "
+        f"Designs of {sweep_dir} ({counts_text(counts, x)}), "
         + (f"SELECTED ON TEST by {ranking.name}" if selected_on_test
            else f"ranked by {ranking.name} (selection on validation; test metrics are shown, never ranked by)")
         + (f"; tuned within each design on {ranking.name}: {', '.join(tuned)}" if tuned else "")
         + (f"; one ranking per {x}" if x else "")
     )
-    notes = [method]
+    notes = [method, *seed_variance_notes(rows)]
     if lacking:
         notes.append(f"No per-image predictions in jobs {', '.join(lacking)}: their designs' intervals come from "
-                     "the seeds alone (none with one seed), and their p-values are left blank.")
+                     "the seeds alone (none with one seed), and they are not tested against the best (p-values "
+                     "blank, vs_best unknown): without the predictions the images' share of the error is not "
+                     "measured and the test cannot pair the images.")
     table = design_markdown(rows, ranking, x, tuned)
-    text = f"{title}\n\n{table}\n" + "\n".join(notes) + "\n"
+    text = (f"{title}\n\n{table}\n" + "".join(f"Verdict: {v['text']}\n" for v in found) + "\n"
+            + "\n".join(notes) + "\n")
     if unfinished:
         text += "\nJobs without results (not in the table):\n" + "".join(
             f"- {job['job']} ({job['settings']}): {job['status']}" + (f": {job['error']}" if job["error"] else "")
@@ -162,6 +185,10 @@ def compare(
         "selected_on": ranking.split,
         "significance_metric": f"test/{ranking.metric}",
         "confidence": CONFIDENCE,
+        "alpha": SIGNIFICANCE,
+        "multiple_testing": "holm",
+        "counts": counts,
+        "verdicts": found,
         "bootstrap_resamples": resamples,
         "method": method,
         "design_keys": keys,

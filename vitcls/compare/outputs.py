@@ -10,7 +10,9 @@ from typing import Any
 
 from vitcls.compare.designs import Design
 from vitcls.compare.runs import FACTS, Run
-from vitcls.compare.scoring import DesignScore, Ranking
+from vitcls.compare.scoring import NONE, OWN, POOLED, DesignScore, GroupResult, Ranking
+from vitcls.compare.stats import SIGNIFICANCE
+from vitcls.compare.vs_best import CORRECTION, by_label, verdict
 from vitcls.config.overrides import design_name
 
 _ERROR_CHARS = 120
@@ -35,7 +37,8 @@ def metric_column(split: str, metric: str, statistic: str) -> str:
 def design_rows(
     scores: Sequence[DesignScore], ranking: Ranking, x: str | None, tuned: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One row per design: rank, design, [x], [chosen tuned values], n_seeds, estimates, p_vs_best, facts."""
+    """One row per design: rank, design, [x], [chosen tuned values], n_seeds, estimates, the test against the best
+    (seed_variance, diff_vs_best, p_vs_best_raw, p_vs_best_holm, vs_best), facts."""
     facts = [name for name in FACTS if any(name in run.facts for s in scores for run in s.design.runs)]
     rows = []
     for score in scores:
@@ -51,8 +54,11 @@ def design_rows(
             found = score.estimates[(split, metric)]
             for statistic in STATISTICS:
                 row[metric_column(split, metric, statistic)] = _number(getattr(found, statistic))
-        row["p_vs_best"] = _number(score.p_vs_best)
-        row["tied_with_best"] = score.tied_with_best
+        row["seed_variance"] = score.seed_variance
+        row["diff_vs_best"] = _number(score.diff_vs_best)
+        row["p_vs_best_raw"] = _number(score.p_vs_best_raw)
+        row["p_vs_best_holm"] = _number(score.p_vs_best_holm)
+        row["vs_best"] = score.vs_best
         for name in facts:
             values = [run.facts[name] for run in design.runs if name in run.facts]
             row[name] = sum(values) / len(values) if values else None
@@ -143,26 +149,104 @@ def _p_cell(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _diff_cell(diff: float | None, rank: int | None) -> str:
+    return "" if diff is None or rank == 1 else f"{diff:+.3f}"
+
+
 def design_markdown(rows: Sequence[dict[str, Any]], ranking: Ranking, x: str | None, tuned: Sequence[str]) -> str:
-    """The design table for reading: `mean ± std [95% interval]` per metric (std over seeds)."""
+    """The design table for reading: `mean ± std [95% interval]` per metric (std over seeds), then the test
+    against the best: the test difference, raw and Holm-corrected p-values and the label."""
     metrics = ranking.reported()
     facts = [name for name in MARKDOWN_FACTS if rows and name in rows[0]]
     unfinished = any(row["n_unfinished"] for row in rows)
+    borrowed = any(row["seed_variance"] not in (None, OWN) for row in rows)
     header = ["rank", "design", *([x] if x else []), *tuned, "n_seeds",
-              *(f"{split}/{metric}" for split, metric in metrics), "p_vs_best", "tied_with_best", *facts,
+              *(f"{split}/{metric}" for split, metric in metrics), *(["seed_variance"] if borrowed else []),
+              "diff_vs_best", "p_vs_best_raw", "p_vs_best_holm", "vs_best", *facts,
               *(["unfinished"] if unfinished else [])]
     body = []
     for row in rows:
-        tied = row["tied_with_best"]
         cells = [_cell(row["rank"]), row["design"], *([_cell(row[x])] if x else []),
                  *(_cell(row[key]) for key in tuned), _cell(row["n_seeds"]),
                  *(_interval_cell(row, split, metric) for split, metric in metrics),
-                 "" if row["rank"] == 1 else _p_cell(row["p_vs_best"]),
-                 "best" if row["rank"] == 1 else ("" if tied is None else ("yes" if tied else "no")),
+                 *([_cell(row["seed_variance"])] if borrowed else []),
+                 _diff_cell(row["diff_vs_best"], row["rank"]), _p_cell(row["p_vs_best_raw"]),
+                 _p_cell(row["p_vs_best_holm"]), _cell(row["vs_best"]),
                  *(_fact_cell(name, row[name]) for name in facts),
                  *([_cell(row["n_unfinished"] or "")] if unfinished else [])]
         body.append(cells)
     return markdown(header, body)
+
+
+def verdicts(results: Sequence[GroupResult], ranking: Ranking, x: str | None) -> list[dict[str, Any]]:
+    """One verdict per comparison (per value of x): its line of text and the designs under each label."""
+    found = []
+    for group in results:
+        if group.best is None:
+            continue
+        tested_on = "/".join(ranking.significance)
+        text = verdict(group.best.design.name, group.tests,
+                       [len(s.design.runs) for s in (group.best, *group.others)],
+                       selected_on=ranking.name, tested_on=tested_on)
+        found.append({
+            **({x: group.x} if x else {}),
+            "text": f"{x}={group.x}: {text}" if x else text,
+            "best": group.best.design.name,
+            "selected_on": ranking.name,
+            "tested_on": tested_on,
+            "correction": CORRECTION.lower(),
+            "alpha": SIGNIFICANCE,
+            "tests": sum(not math.isnan(t.p_raw) for t in group.tests),
+            **{label.replace(" ", "_"): names for label, names in by_label(group.tests).items()},
+        })
+    return found
+
+
+def sweep_counts(scores: Sequence[DesignScore], runs: Sequence[Run], x: str | None) -> dict[str, Any]:
+    """Designs, seeds per design (of those with results), jobs, and how many jobs are head-bank runs."""
+    seeds = [len(score.design.runs) for score in scores if score.design.runs]
+    return {
+        "designs": len({score.design.name for score in scores}),
+        "x_values": len({score.design.x for score in scores}) if x else None,
+        "seeds_min": min(seeds, default=0),
+        "seeds_max": max(seeds, default=0),
+        "jobs": len({run.directory for run in runs}),
+        "head_bank_jobs": len({run.directory for run in runs if run.in_bank}),
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def counts_text(counts: dict[str, Any], x: str | None) -> str:
+    """E.g. "4 designs, 3 seeds each, 12 jobs" or "36 designs, 1 seed each, 1 job (a head-bank run)"."""
+    designs = _plural(counts["designs"], "design")
+    if x:
+        designs += f" x {_plural(counts['x_values'], 'value')} of {x}"
+    low, high = counts["seeds_min"], counts["seeds_max"]
+    seeds = f"{_plural(low, 'seed')} each" if low == high else f"{low}-{high} seeds"
+    jobs, banks = counts["jobs"], counts["head_bank_jobs"]
+    jobs_text = _plural(jobs, "job")
+    if banks and banks == jobs:
+        jobs_text += " (a head-bank run)" if jobs == 1 else " (head-bank runs)"
+    elif banks:
+        jobs_text += f" ({banks} of them head-bank runs)"
+    return f"{designs}, {seeds}, {jobs_text}"
+
+
+def seed_variance_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """What the table says about designs whose seed variance was borrowed or is unknown."""
+    notes = []
+    if any(row["seed_variance"] == POOLED for row in rows):
+        notes.append("seed_variance pooled: a design with one seed borrows the seed variance pooled over the "
+                     "designs of its comparison with several seeds (assuming seeds vary about as much in every "
+                     "design), in its interval and its test.")
+    if any(row["seed_variance"] == NONE for row in rows):
+        notes.append("seed_variance none: one seed, and no design of its comparison has several, so how much "
+                     "seeds vary is unknown: the interval holds the image sampling alone and there is no "
+                     "p-value (vs_best unknown). Run several seeds (e.g. seed=1,2,3) to test designs.")
+    return notes
 
 
 def job_markdown(rows: Sequence[dict[str, Any]]) -> str:

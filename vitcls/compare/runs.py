@@ -52,7 +52,9 @@ class Run:
     facts: dict[str, float] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     predictions: dict[str, Path] = field(default_factory=dict)  # split -> CSV
+    num_samples: dict[str, int] = field(default_factory=dict)  # split -> images, from summary.json
     error: str = ""
+    in_bank: bool = False  # one head of a head-bank run (its job directory holds other designs too)
 
     def metric(self, split: str, name: str) -> float | None:
         return self.metrics.get(split, {}).get(name)
@@ -104,6 +106,8 @@ def load_run(directory: Path, sweep_dir: Path) -> Run:
         run.metrics = _split_metrics(summary)
         run.facts = {name: float(value) for name, fact in FACTS.items() if (value := fact(summary)) is not None}
         run.class_names = list(summary.get("class_names") or [])
+        run.num_samples = {split: int(n) for split, n in (summary.get("num_samples") or {}).items()
+                           if split in SPLITS and n is not None}
         run.predictions = {split: directory / file for split, file in PREDICTIONS_FILES.items()
                            if (directory / file).is_file()}
     elif failure_file.is_file():
@@ -128,6 +132,8 @@ def load_bank_heads(run: Run, bank: dict[str, Any]) -> list[Run]:
             facts={**{k: v for k, v in run.facts.items() if k != "params_trainable"},
                    **({"params_trainable": float(head["params"]["trainable"])} if head.get("params") else {})},
             class_names=run.class_names,
+            num_samples=run.num_samples,
+            in_bank=True,
             predictions={split: run.directory / files[f"{split}_predictions"] for split in SPLITS
                          if f"{split}_predictions" in files and (run.directory / files[f"{split}_predictions"]).is_file()},
             error="" if head.get("status") == "ok" else str(head.get("status")),

@@ -3,10 +3,20 @@
 A design's score is the mean over its seeds of each run's metric. Two sources of error: which images the
 split happens to hold (estimated by resampling the images: the variance of the seed-mean over bootstrap
 resamples) and which seeds were drawn (the variance over seeds / n_seeds). The interval is
-mean +- t * sqrt(both), with Welch-Satterthwaite degrees of freedom (a normal interval when the images are
-the only source, n_seeds = 1). Every run scored on the same images (same paths) gets the same resamples,
-so the difference of two designs is resampled image by image: a paired test. Runs on other images (a
-swept data.split_seed) are resampled independently.
+mean +- t * sqrt(both), with Welch-Satterthwaite degrees of freedom. Every run scored on the same images
+(same paths) gets the same resamples, so the difference of two designs is resampled image by image: a paired
+test. Runs on other images (a swept data.split_seed) are resampled independently.
+
+One seed cannot show how much seeds vary. A one-seed design borrows the seed variance pooled over the designs
+of its comparison that have several seeds (`pooled_seed_variance`); with none to borrow from, its interval
+holds the image sampling alone and it gets no p-value (`p_value_of_difference` returns nan). Without per-image
+predictions the images' share of the error is not measured either: the interval comes from the seeds alone
+and there is no p-value.
+
+A bootstrap of a split without errors (or without a right answer) has no spread. So the interval of acc
+always contains the Wilson score interval of the accuracy on the split's images, and that of another count
+metric (f1, precision, recall) reaches at least as far on each side of its mean as that Wilson interval does
+around the accuracy (`image_floor`): at 0 errors on n images, acc is [n / (n + z^2), 1], not [1, 1].
 
 Metrics are recomputed on each resample from per-class counts (true, predicted, correct), vectorised over
 resamples, with the definitions of `vitcls.metrics` (tests check them against that torchmetrics collection);
@@ -17,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +36,8 @@ from scipy import stats as scipy_stats
 from vitcls.errors import ConfigError
 from vitcls.reporting.predictions_csv import Predictions
 
-CONFIDENCE = 0.95
-SIGNIFICANCE = 1.0 - CONFIDENCE
+SIGNIFICANCE = 0.05  # alpha of the tests
+CONFIDENCE = 1.0 - SIGNIFICANCE  # of the intervals: 0.95
 DEFAULT_RESAMPLES = 2000
 _INDICES_PER_CHUNK = 4_000_000  # resample indices held at once (chunks of resamples x images)
 
@@ -157,11 +167,35 @@ class Estimate:
     n: int
 
 
-def _seed_variance(points: np.ndarray) -> tuple[float, float]:
-    """(variance of the mean from the spread over seeds, its degrees of freedom); (0, inf) for one seed."""
-    if len(points) < 2:
-        return 0.0, math.inf
-    return float(points.var(ddof=1)) / len(points), float(len(points) - 1)
+@dataclass(frozen=True)
+class SeedVariance:
+    """How much one seed's score varies around its design's mean (a variance), with its degrees of freedom."""
+
+    variance: float
+    df: float
+
+
+def pooled_seed_variance(point_sets: Iterable[Sequence[float]]) -> SeedVariance | None:
+    """The seed variance pooled over the designs with two or more seeds: sum((n - 1) s^2) / sum(n - 1), with
+    sum(n - 1) degrees of freedom (it assumes seeds vary about as much in every design). None when no design
+    has two seeds."""
+    squares, df = 0.0, 0
+    for points in point_sets:
+        values = np.asarray(points, dtype=np.float64)
+        if len(values) >= 2:
+            squares += float(values.var(ddof=1)) * (len(values) - 1)
+            df += len(values) - 1
+    return SeedVariance(squares / df, float(df)) if df else None
+
+
+def _seed_term(points: np.ndarray, pooled: SeedVariance | None) -> tuple[float, float] | None:
+    """(variance of the mean from the spread over seeds, its degrees of freedom): from the design's own seeds
+    when it has two or more, else the pooled variance; None for one seed and nothing pooled."""
+    if len(points) >= 2:
+        return float(points.var(ddof=1)) / len(points), float(len(points) - 1)
+    if pooled is not None:
+        return pooled.variance, pooled.df
+    return None
 
 
 def _welch_df(image_variance: float, seed_terms: Sequence[tuple[float, float]]) -> float:
@@ -171,48 +205,87 @@ def _welch_df(image_variance: float, seed_terms: Sequence[tuple[float, float]]) 
     return math.inf if denominator == 0 else total * total / denominator
 
 
+def _normal_quantile() -> float:
+    return float(scipy_stats.norm.ppf(1.0 - SIGNIFICANCE / 2))
+
+
 def _t_quantile(df: float) -> float:
-    probability = 1.0 - SIGNIFICANCE / 2
-    return float(scipy_stats.norm.ppf(probability) if math.isinf(df) else scipy_stats.t.ppf(probability, df))
+    return _normal_quantile() if math.isinf(df) else float(scipy_stats.t.ppf(1.0 - SIGNIFICANCE / 2, df))
 
 
-def estimate(points: Sequence[float], replicates: np.ndarray | None, bounds: tuple[float, float]) -> Estimate:
+def wilson_interval(successes: float, n: float) -> tuple[float, float]:
+    """The CONFIDENCE Wilson score interval of a proportion: `successes` of `n` (a mean over seeds may be
+    fractional). At 0 successes it is [0, z^2 / (n + z^2)], at n successes [n / (n + z^2), 1]."""
+    z = _normal_quantile()
+    p = min(max(successes / n, 0.0), 1.0)
+    scale = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z / scale * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def image_floor(metric: str, mean: float, accuracy: float | None, n_images: int | None) -> tuple[float, float] | None:
+    """An interval that the interval of `metric` (mean `mean`) must contain, from the accuracy on `n_images`
+    images: for acc its Wilson interval; for another count metric (f1, precision, recall) the same distances
+    from its mean on either side. None where it does not apply (the loss, unknown n or accuracy)."""
+    if metric not in COUNT_METRICS or not n_images or accuracy is None or math.isnan(mean):
+        return None
+    low, high = wilson_interval(accuracy * n_images, n_images)
+    if metric == "acc":
+        return low, high
+    accuracy = min(max(accuracy, 0.0), 1.0)
+    return mean - (accuracy - low), mean + (high - accuracy)
+
+
+def estimate(
+    points: Sequence[float],
+    replicates: np.ndarray | None,
+    bounds: tuple[float, float],
+    *,
+    pooled: SeedVariance | None = None,
+    contains: tuple[float, float] | None = None,
+) -> Estimate:
     """`points`: each seed's metric; `replicates`: (seeds, resamples) of it on resampled images, or None
-    (then the interval comes from the seeds alone, and there is none for one seed)."""
+    (then the interval comes from the seeds alone, and there is none for one seed); `pooled`: the seed
+    variance a one-seed design borrows (without it, its interval holds the image sampling alone);
+    `contains`: an interval the result must contain (`image_floor`). Clipped to `bounds`."""
     values = np.asarray(points, dtype=np.float64)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, math.nan, 0)
     mean = float(values.mean())
     std = float(values.std(ddof=1)) if n > 1 else math.nan
-    seed_variance, seed_df = _seed_variance(values)
-    image_variance = 0.0 if replicates is None else float(np.asarray(replicates).mean(axis=0).var(ddof=1))
     if replicates is None and n < 2:
         return Estimate(mean, std, math.nan, math.nan, n)
-    half = _t_quantile(_welch_df(image_variance, [(seed_variance, seed_df)])) * math.sqrt(
-        image_variance + seed_variance
-    )
-    return Estimate(mean, std, max(bounds[0], mean - half), min(bounds[1], mean + half), n)
+    seed_term = _seed_term(values, pooled) or (0.0, math.inf)
+    image_variance = 0.0 if replicates is None else float(np.asarray(replicates).mean(axis=0).var(ddof=1))
+    half = _t_quantile(_welch_df(image_variance, [seed_term])) * math.sqrt(image_variance + seed_term[0])
+    low, high = mean - half, mean + half
+    if contains is not None:
+        low, high = min(low, contains[0]), max(high, contains[1])
+    return Estimate(mean, std, max(bounds[0], low), min(bounds[1], high), n)
 
 
 def p_value_of_difference(
-    points_a: Sequence[float], replicates_a: np.ndarray | None, points_b: Sequence[float],
+    points_a: Sequence[float],
+    replicates_a: np.ndarray | None,
+    points_b: Sequence[float],
     replicates_b: np.ndarray | None,
+    *,
+    pooled: SeedVariance | None = None,
 ) -> float:
-    """Two-sided p-value of mean(a) != mean(b). nan when nothing measures the error (one seed each and no
-    per-image predictions)."""
+    """Two-sided p-value of mean(a) != mean(b), the images resampled in pairs. nan when the error cannot be
+    measured: a side without per-image predictions, or with one seed and no `pooled` seed variance."""
     a, b = np.asarray(points_a, dtype=np.float64), np.asarray(points_b, dtype=np.float64)
-    if len(a) == 0 or len(b) == 0:
+    if len(a) == 0 or len(b) == 0 or replicates_a is None or replicates_b is None:
+        return math.nan
+    seed_terms = [_seed_term(a, pooled), _seed_term(b, pooled)]
+    if None in seed_terms:
         return math.nan
     difference = float(a.mean() - b.mean())
-    with_images = replicates_a is not None and replicates_b is not None
-    image_variance = (
-        float((np.asarray(replicates_a).mean(axis=0) - np.asarray(replicates_b).mean(axis=0)).var(ddof=1))
-        if with_images else 0.0
+    image_variance = float(
+        (np.asarray(replicates_a).mean(axis=0) - np.asarray(replicates_b).mean(axis=0)).var(ddof=1)
     )
-    seed_terms = [_seed_variance(a), _seed_variance(b)]
-    if not with_images and len(a) < 2 and len(b) < 2:
-        return math.nan
     variance = image_variance + sum(v for v, _ in seed_terms)
     if variance <= 0.0:
         return 1.0 if difference == 0.0 else 0.0

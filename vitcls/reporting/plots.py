@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 
 from vitcls.io import atomic_write, write_text_atomic
@@ -205,11 +206,14 @@ def _bank_label(text: str) -> str:
     return text if len(text) <= _BANK_LABEL_CHARS else text[: _BANK_LABEL_CHARS - 1] + "…"
 
 
-def save_bank_chart(report: dict[str, Any], path: Path) -> Path:
+def bank_chart(report: dict[str, Any]) -> Figure:
+    """Every head of a bank, best first: its validation metric (what selects) and its test metric beside it (reported,
+    never selected on); the selected head in green, heads that stopped in grey. The legend sits below the axes, where
+    it cannot hide a head."""
     monitor = report["monitor"].removeprefix("val/")
     selected = (report.get("selected") or {}).get("index")
     heads = sorted(report["heads"], key=lambda head: head["rank"])
-    fig = Figure(figsize=(9, 1.2 + 0.24 * len(heads)), layout="constrained")
+    fig = Figure(figsize=(9, 1.6 + 0.24 * len(heads)), layout="constrained")
     ax = fig.add_subplot()
     for position, head in enumerate(heads):
         val, test = (head.get("val") or {}).get(monitor), (head.get("test") or {}).get(monitor)
@@ -222,9 +226,16 @@ def save_bank_chart(report: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel(monitor)
     ax.grid(axis="x", alpha=0.3)
-    ax.plot([], [], "o", color=_BANK_VAL, label=f"val/{monitor} (selects)")
-    ax.plot([], [], "o", color=_BANK_SELECTED, label="selected head")
-    ax.plot([], [], "x", color=_BANK_TEST, label=f"test/{monitor} (reported only)")
-    ax.legend(loc="lower left", fontsize=7)
+    legend = [Line2D([], [], marker="o", linestyle="", color=_BANK_VAL, label=f"val/{monitor} (selects)"),
+              Line2D([], [], marker="o", linestyle="", color=_BANK_SELECTED, label="selected head"),
+              Line2D([], [], marker="x", linestyle="", color=_BANK_TEST, label=f"test/{monitor} (reported only)")]
+    if any(head["status"] != "ok" for head in heads):
+        legend.append(Line2D([], [], marker="o", linestyle="", color=_BANK_STOPPED, label="head that stopped"))
+    fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=7)
     ax.set_title(f"head bank: {len(heads)} heads, selected on val/{monitor}", fontsize=9)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return fig
+
+
+def save_bank_chart(report: dict[str, Any], path: Path) -> Path:
+    fig = bank_chart(report)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitcls.adapters import adapter_spec
 from vitcls.config import config_dir, to_plain
-from vitcls.config.validation import TRAINING_SETTINGS
 from vitcls.config.overrides import design_name, override_value
+from vitcls.config.validation import TRAINING_SETTINGS
 from vitcls.errors import ConfigError
 from vitcls.models.features import AUTO, FEATURE_TAPS, resolve_features
 from vitcls.models.heads import HEADS, Head, HeadSpec, head_spec

@@ -40,8 +40,8 @@ from vitcls.reporting.publish import publish_run_config
 from vitcls.run.design_plan import DesignPlan, network_config
 from vitcls.run.inputs import training_inputs
 from vitcls.run.layout import CONFIG_FILE, SUMMARY_FILE
-from vitcls.run.run_files import TrainedRun
 from vitcls.run.plan import JobSkipped, RunPlan, plan_run, set_aside_previous_attempt
+from vitcls.run.run_files import TrainedRun
 from vitcls.run.studies import Study
 from vitcls.untrusted import validate_resume_checkpoint
 

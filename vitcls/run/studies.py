@@ -28,7 +28,6 @@ from vitcls.io import write_json_atomic, write_text_atomic
 from vitcls.models.lightning_module import ClassifierModule
 from vitcls.reporting.plots import save_bank_chart
 from vitcls.reporting.publish import publish_results
-from vitcls.run.design_plan import DesignPlan, expand_bank, lone_design
 from vitcls.run.bank_heads import (
     STATUS_OK,
     csv_text,
@@ -41,6 +40,7 @@ from vitcls.run.bank_heads import (
     save_head_weights,
     select_head,
 )
+from vitcls.run.design_plan import DesignPlan, expand_bank, lone_design
 from vitcls.run.layout import (
     BANK_CSV,
     BANK_FIGURE,

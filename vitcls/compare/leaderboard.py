@@ -1,8 +1,9 @@
 """A benchmark-suite leaderboard: designs x datasets, ranked on validation, tested on test, with intervals.
 
-One `Entry` per (dataset, design, protocol, seed) trained on all of a dataset's training data, with its per-image
-predictions; one `FewShotEntry` per few-shot run. `leaderboard` returns plain JSON-able values (None where a
-number does not exist); `leaderboard_outputs.write_leaderboard` writes them as files.
+Inputs (leaderboard_inputs): one `Entry` per (dataset, design, protocol, seed) trained on all of a dataset's
+training data, with its per-image predictions; one `FewShotEntry` per few-shot run. `leaderboard` returns plain
+JSON-able values (None where a number does not exist); `leaderboard_outputs.write_leaderboard` writes them as
+files (figures: leaderboard_figures).
 
 For the metric M, every number comes from the statistics of vitcls-compare (`stats`):
   per dataset   the mean over seeds of M on val and on test. Interval: t * sqrt(bootstrap variance of the
@@ -37,15 +38,23 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from vitcls.compare.leaderboard_inputs import (
+    PROTOCOLS,
+    SPLITS,
+    DesignKey,
+    Entry,
+    FewShotEntry,
+    check_entries,
+    check_few_shot,
+    check_same_images,
+)
 from vitcls.compare.scoring import NONE, OWN, POOLED, bounds
 from vitcls.compare.stats import (
-    COUNT_METRICS,
     DEFAULT_RESAMPLES,
     SIGNIFICANCE,
     Resampler,
     SeedTerm,
     SeedVariance,
-    class_counts,
     half_width,
     image_floor,
     p_value,
@@ -59,49 +68,14 @@ from vitcls.compare.vs_best import (
     NOT_DISTINGUISHABLE,
     UNKNOWN,
     WORSE,
+    VsBest,
     against_best,
     verdict,
 )
 from vitcls.errors import ConfigError, VitclsError
 from vitcls.metrics import better_is, metric_names
-from vitcls.predictions import Predictions
 
-PROTOCOLS = ("head", "knn", "logreg")
-SPLITS = ("val", "test")
 SEED_FREE = "seed-free"  # seed_variance of a one-seed design whose protocol does not depend on the seed
-_VALUE_TOLERANCE = 1e-4  # an entry's metric against the same metric recomputed from its predictions
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One design on one dataset, one seed, trained on all the training data."""
-
-    dataset: str
-    design: str
-    protocol: str  # one of PROTOCOLS
-    seed: int
-    val: float  # the leaderboard's metric on val
-    test: float  # and on test
-    val_predictions: Predictions | None  # per image, sorted by path
-    test_predictions: Predictions | None
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class FewShotEntry:
-    """One design on one dataset trained on `shots` images per class (draw `draw` of those images)."""
-
-    dataset: str
-    design: str
-    protocol: str
-    shots: int
-    draw: int
-    seed: int
-    val: float
-    test: float
-
-
-DesignKey = tuple[str, str]  # (design, protocol)
 
 
 @dataclass(frozen=True)
@@ -157,71 +131,6 @@ def mean_over_datasets(summaries: Sequence[Summary]) -> Summary:
     )
 
 
-def _metric_of(predictions: Predictions, metric: str, num_classes: int) -> float:
-    counts = class_counts(predictions.true, predictions.pred, num_classes, np.arange(len(predictions))[None, :])
-    return float(COUNT_METRICS[metric](*counts)[0])
-
-
-def _check_entries(entries: Sequence[Entry], metric: str) -> None:
-    seen: set[tuple] = set()
-    for entry in entries:
-        where = f"entry dataset={entry.dataset} design={entry.design} protocol={entry.protocol} seed={entry.seed}"
-        if entry.protocol not in PROTOCOLS:
-            raise ConfigError(f"{where}: protocol {entry.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        key = (entry.dataset, entry.design, entry.protocol, entry.seed)
-        if key in seen:
-            raise VitclsError(f"{where}: listed twice; give each seed of a design one entry per dataset")
-        seen.add(key)
-        for split in SPLITS:
-            value = getattr(entry, split)
-            if not math.isfinite(value):
-                raise VitclsError(f"{where}: {split}/{metric} is {value}; a leaderboard needs a finite score")
-            predictions = getattr(entry, f"{split}_predictions")
-            if predictions is None:
-                continue
-            if len(predictions) == 0:
-                raise VitclsError(f"{where}: its {split} predictions hold no image")
-            if list(predictions.paths) != sorted(predictions.paths):
-                raise VitclsError(f"{where}: its {split} predictions are not sorted by path (read_predictions "
-                                  "sorts them)")
-            largest = int(max(predictions.true.max(), predictions.pred.max()))
-            if largest >= entry.num_classes:
-                raise VitclsError(f"{where}: its {split} predictions hold class {largest} but num_classes is "
-                                  f"{entry.num_classes}")
-            if metric in COUNT_METRICS:
-                recomputed = _metric_of(predictions, metric, entry.num_classes)
-                if abs(recomputed - value) > _VALUE_TOLERANCE:
-                    raise VitclsError(
-                        f"{where}: {split}/{metric} is {value:.6f} but its {split} predictions give "
-                        f"{recomputed:.6f}; the predictions must be those of the run that scored it"
-                    )
-
-
-def _check_same_images(entries: Sequence[Entry], dataset: str, split: str) -> None:
-    """Every design of a dataset must be scored on the same images, or the test cannot pair them."""
-    classes = sorted({entry.num_classes for entry in entries})
-    if len(classes) > 1:
-        raise VitclsError(f"dataset {dataset}: its entries give num_classes {classes}; one dataset has one set "
-                          "of classes")
-    reference: Entry | None = None
-    for entry in entries:
-        predictions = getattr(entry, f"{split}_predictions")
-        if predictions is None:
-            continue
-        if reference is None:
-            reference = entry
-            continue
-        expected = getattr(reference, f"{split}_predictions").paths
-        if predictions.paths != expected:
-            extra = sorted(set(predictions.paths) ^ set(expected))[:3]
-            raise VitclsError(
-                f"dataset {dataset}, {split}: the predictions of {entry.design} ({entry.protocol}, seed "
-                f"{entry.seed}) hold other images than those of {reference.design} ({reference.protocol}, seed "
-                f"{reference.seed}): {len(predictions)} vs {len(expected)} images, e.g. {', '.join(extra)}. Every "
-                "design must be scored on the same images of a dataset for the paired test"
-            )
-
-
 def design_names(keys: Iterable[DesignKey]) -> dict[DesignKey, str]:
     """A design's name, or design/protocol where the same design runs under several protocols."""
     keys = list(dict.fromkeys(keys))
@@ -258,7 +167,7 @@ def _cells(
         if protocol not in seed_free
     )
     scored = [entry for runs in designs.values() for entry in runs if getattr(entry, f"{split}_predictions")]
-    # One draw of the resamples for every run on the dataset's images (_check_same_images holds them equal).
+    # One draw of the resamples for every run on the dataset's images (check_same_images holds them equal).
     replicated = resampler.replicates_of_runs([getattr(entry, f"{split}_predictions") for entry in scored],
                                               [metric], scored[0].num_classes) if scored else []
     replicates_of = {id(entry): found[metric] for entry, found in zip(scored, replicated, strict=True)}
@@ -299,21 +208,9 @@ def _few_shot(
     few_shot: Sequence[FewShotEntry], names: Mapping[DesignKey, str], limits: tuple[float, float], alpha: float
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """dataset -> design -> shots -> test mean, t interval over draws x seeds, n; val mean beside it."""
+    check_few_shot(few_shot)
     grouped: dict[str, dict[DesignKey, dict[int, list[FewShotEntry]]]] = {}
-    seen: set[tuple] = set()
     for entry in few_shot:
-        key = (entry.dataset, entry.design, entry.protocol, entry.shots, entry.draw, entry.seed)
-        where = (f"few-shot entry dataset={entry.dataset} design={entry.design} protocol={entry.protocol} "
-                 f"shots={entry.shots} draw={entry.draw} seed={entry.seed}")
-        if entry.protocol not in PROTOCOLS:
-            raise ConfigError(f"{where}: protocol {entry.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        if key in seen:
-            raise VitclsError(f"{where}: listed twice")
-        if entry.shots < 1:
-            raise VitclsError(f"{where}: shots must be at least 1")
-        if not (math.isfinite(entry.val) and math.isfinite(entry.test)):
-            raise VitclsError(f"{where}: val {entry.val}, test {entry.test}; the scores must be finite")
-        seen.add(key)
         grouped.setdefault(entry.dataset, {}).setdefault((entry.design, entry.protocol), {}).setdefault(
             entry.shots, []).append(entry)
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
@@ -361,6 +258,29 @@ METHOD = (
 )
 
 
+def _against_best(
+    ranked: Sequence[DesignKey], summaries: Mapping[DesignKey, Summary], names: Mapping[DesignKey, str],
+    minimize: bool, alpha: float,
+) -> tuple[dict[DesignKey, dict[str, Any]], list[VsBest]]:
+    """Every design but the first of `ranked` tested against it on `summaries` (paired): one family,
+    Holm-corrected. Returns each design's columns (diff_vs_best, p_vs_best_raw, p_vs_best_holm, vs_best) and the
+    tests."""
+    best, others = ranked[0], ranked[1:]
+    differences = [summaries[key].mean - summaries[best].mean for key in others]
+    sign = -1.0 if minimize else 1.0
+    results = against_best([names[key] for key in others], [sign * d for d in differences],
+                           [paired_p_value(summaries[key], summaries[best]) for key in others], alpha)
+    columns = {best: {"diff_vs_best": 0.0, "p_vs_best_raw": None, "p_vs_best_holm": None, "vs_best": BEST}}
+    for key, difference, result in zip(others, differences, results, strict=True):
+        columns[key] = {"diff_vs_best": difference, "p_vs_best_raw": _number(result.p_raw),
+                        "p_vs_best_holm": _number(result.p_holm), "vs_best": result.label}
+    return columns, results
+
+
+_UNRANKED = ("mean_val", "mean_val_ci", "mean_test", "mean_test_ci", "mean_rank", "wins", "not_distinguishable",
+             "losses", "unknown", "diff_vs_best", "p_vs_best_raw", "p_vs_best_holm", "vs_best")
+
+
 def leaderboard(
     entries: Sequence[Entry],
     few_shot: Sequence[FewShotEntry] = (),
@@ -387,21 +307,22 @@ def leaderboard(
         raise ConfigError(f"seed_free_protocols {unknown}: not protocols; choose from {', '.join(PROTOCOLS)}")
     if not entries and not failed:
         raise VitclsError("no leaderboard entries and no failed dataset: nothing to rank")
-    _check_entries(entries, metric)
+    used = [entry for entry in entries if entry.dataset not in failed]
+    check_entries(used, metric)
     minimize = better_is(metric) == "min"
     limits = bounds(metric)
     resampler = Resampler(resamples)
     seed_free = frozenset(seed_free_protocols)
 
-    grouped = _group(entries)
-    datasets = list(dict.fromkeys([*grouped, *failed]))
-    included = [d for d in datasets if d not in failed]
-    keys = list(dict.fromkeys((entry.design, entry.protocol) for entry in entries if entry.dataset in included))
+    grouped = _group(used)
+    included = list(grouped)
+    datasets = list(dict.fromkeys([*(entry.dataset for entry in entries), *failed]))
+    keys = list(dict.fromkeys((entry.design, entry.protocol) for entry in used))
     names = design_names([*keys, *((e.design, e.protocol) for e in few_shot)])
     cells: dict[str, dict[str, dict[DesignKey, _Cell]]] = {}
     for dataset in included:
         for split in SPLITS:
-            _check_same_images([e for runs in grouped[dataset].values() for e in runs], dataset, split)
+            check_same_images([e for runs in grouped[dataset].values() for e in runs], dataset, split)
         cells[dataset] = {split: _cells(grouped[dataset], split, metric, resampler, seed_free, alpha)
                           for split in SPLITS}
 
@@ -412,23 +333,12 @@ def leaderboard(
     ranked = sorted(complete, key=rank.__getitem__)
     dataset_ranks = {d: _ranks(complete, {key: cells[d]["val"][key].summary.mean for key in complete}, minimize)
                      for d in included}
-    sign = -1.0 if minimize else 1.0
-
-    def tested(summaries: Mapping[DesignKey, Summary]) -> dict[DesignKey, dict[str, Any]]:
-        """Every design but the best against the best: one family, Holm-corrected."""
-        best, others = ranked[0], ranked[1:]
-        differences = [summaries[key].mean - summaries[best].mean for key in others]
-        p_raw = [paired_p_value(summaries[key], summaries[best]) for key in others]
-        results = against_best([names[key] for key in others], [sign * d for d in differences], p_raw, alpha)
-        found = {best: {"diff_vs_best": 0.0, "p_vs_best_raw": None, "p_vs_best_holm": None, "vs_best": BEST}}
-        for key, difference, result in zip(others, differences, results, strict=True):
-            found[key] = {"diff_vs_best": difference, "p_vs_best_raw": _number(result.p_raw),
-                          "p_vs_best_holm": _number(result.p_holm), "vs_best": result.label, "result": result}
-        return found
-
-    on_mean = tested({key: means[key]["test"] for key in ranked}) if ranked else {}
-    per_dataset = {d: tested({key: cells[d]["test"][key].summary for key in ranked}) if ranked else {}
-                   for d in included}
+    on_mean, results, per_dataset = {}, [], {d: {} for d in included}
+    if ranked:
+        on_mean, results = _against_best(ranked, {key: means[key]["test"] for key in ranked}, names, minimize, alpha)
+        for d in included:
+            per_dataset[d] = _against_best(ranked, {key: cells[d]["test"][key].summary for key in ranked}, names,
+                                           minimize, alpha)[0]
 
     rows = []
     for key in [*ranked, *(key for key in keys if key not in complete)]:
@@ -439,40 +349,37 @@ def leaderboard(
         row["datasets"] = {}
         for d in present:
             val, test = cells[d]["val"][key], cells[d]["test"][key]
-            cell = {"val": val.summary.mean, "val_ci": _pair(interval(val.summary, limits, alpha)),
-                    "test": test.summary.mean, "test_ci": _pair(interval(test.summary, limits, alpha)),
-                    "n_seeds": test.summary.n_seeds, "seed_variance": test.seed_variance,
-                    "val_rank": dataset_ranks[d].get(key)}
-            cell.update({k: v for k, v in per_dataset[d].get(key, {}).items() if k != "result"})
-            row["datasets"][d] = cell
+            row["datasets"][d] = {
+                "val": val.summary.mean, "val_ci": _pair(interval(val.summary, limits, alpha)),
+                "test": test.summary.mean, "test_ci": _pair(interval(test.summary, limits, alpha)),
+                "n_seeds": test.summary.n_seeds, "seed_variance": test.seed_variance,
+                "val_rank": dataset_ranks[d].get(key), **per_dataset[d].get(key, {}),
+            }
         row["missing"] = [d for d in included if d not in present]
+        row.update(dict.fromkeys(_UNRANKED))
         if key in means:
             row["mean_val"] = means[key]["val"].mean
             row["mean_val_ci"] = _pair(interval(means[key]["val"], limits, alpha))
             row["mean_test"] = means[key]["test"].mean
             row["mean_test_ci"] = _pair(interval(means[key]["test"], limits, alpha))
             row["mean_rank"] = float(np.mean([dataset_ranks[d][key] for d in included]))
-            labels = [per_dataset[d][key]["vs_best"] for d in included]
-            best = key == ranked[0]
-            row["wins"] = None if best else labels.count(BETTER)
-            row["not_distinguishable"] = None if best else labels.count(NOT_DISTINGUISHABLE)
-            row["losses"] = None if best else labels.count(WORSE)
-            row["unknown"] = None if best else labels.count(UNKNOWN)
-            row.update({k: v for k, v in on_mean[key].items() if k != "result"})
-        else:
-            row.update(dict.fromkeys(["mean_val", "mean_val_ci", "mean_test", "mean_test_ci", "mean_rank", "wins",
-                                      "not_distinguishable", "losses", "unknown", "diff_vs_best", "p_vs_best_raw",
-                                      "p_vs_best_holm", "vs_best"]))
+            if key != ranked[0]:
+                labels = [per_dataset[d][key]["vs_best"] for d in included]
+                row.update(wins=labels.count(BETTER), not_distinguishable=labels.count(NOT_DISTINGUISHABLE),
+                           losses=labels.count(WORSE), unknown=labels.count(UNKNOWN))
+            row.update(on_mean[key])
         rows.append(row)
 
-    selected_on = f"mean val/{metric} over {len(included)} dataset{'s' if len(included) != 1 else ''}"
     if ranked:
-        results = [on_mean[key]["result"] for key in ranked[1:]]
         line = verdict(names[ranked[0]], results, [means[key]["test"].n_seeds for key in ranked],
-                       selected_on=selected_on, tested_on=f"mean test/{metric}", alpha=alpha)
+                       selected_on=f"mean val/{metric} over {len(included)} dataset{'s' * (len(included) != 1)}",
+                       tested_on=f"mean test/{metric}", alpha=alpha)
     else:
         line = "no design has results on every dataset that did not fail: nothing is ranked"
     seeds = [row["n_seeds"] for row in rows]
+    lacking = {names[key]: [f"{d} ({split})" for d in included for split in SPLITS
+                            if key in cells[d][split] and cells[d][split][key].summary.replicates is None]
+               for key in keys}
     return {
         "metric": metric,
         "ranked_by": f"val/{metric}, mean over datasets",
@@ -493,10 +400,7 @@ def leaderboard(
         "seed_free_protocols": sorted(seed_free),
         "method": METHOD.format(metric=metric, confidence=1.0 - alpha, resamples=resamples, datasets=len(included),
                                 correction=CORRECTION, tests=max(len(ranked) - 1, 0), alpha=alpha),
-        "notes": _notes(rows, failed, {names[key]: [f"{d} ({split})" for d in included for split in SPLITS
-                                                    if key in cells[d][split]
-                                                    and cells[d][split][key].summary.replicates is None]
-                                        for key in keys}),
+        "notes": _notes(rows, failed, lacking),
         "rows": rows,
         "few_shot": _few_shot(few_shot, names, limits, alpha),
     }

@@ -33,8 +33,8 @@ _MARKERS = ("o", "s", "^", "D")
 
 
 def _row_label(row: dict[str, Any]) -> str:
-    rank = row["rank"] if row["rank"] is not None else _MISSING
-    return f"{rank}. {row['name']} ({row['protocol']})" if row["name"] == row["design"] else f"{rank}. {row['name']}"
+    rank = f"{row['rank']}." if row["rank"] is not None else _MISSING
+    return f"{rank} {row['name']} ({row['protocol']})" if row["name"] == row["design"] else f"{rank} {row['name']}"
 
 
 def _side_label(row: dict[str, Any], metric: str) -> str:

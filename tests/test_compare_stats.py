@@ -13,8 +13,10 @@ from vitcls.compare.stats import (
     SeedVariance,
     class_counts,
     estimate,
+    half_width,
     image_floor,
     metric_on_resamples,
+    p_value,
     p_value_of_difference,
     pooled_seed_variance,
     wilson_interval,
@@ -268,3 +270,37 @@ def test_a_split_without_errors_or_without_a_right_answer_gets_an_interval_of_no
     wide = estimate([0.8, 0.7, 0.9], None, (0.0, 1.0), contains=image_floor("acc", 0.8, 0.8, 300))
     assert wide.mean - wide.ci_low == pytest.approx(4.302652729911275 * 0.1 / np.sqrt(3))
     assert image_floor("loss", 0.1, 1.0, 300) is None and image_floor("acc", 1.0, 1.0, None) is None
+
+
+def test_half_width_p_value_and_wilson_at_another_alpha_against_scipy():
+    from scipy import stats as scipy_stats
+
+    image_variance, terms = 0.0004, [(0.0009, 2.0), (0.0001, 4.0)]
+    total = image_variance + 0.0009 + 0.0001
+    df = total**2 / (0.0009**2 / 2 + 0.0001**2 / 4)
+    assert half_width(image_variance, terms, alpha=0.1) == pytest.approx(
+        scipy_stats.t.ppf(0.95, df) * np.sqrt(total))
+    assert p_value(0.05, image_variance, terms) == pytest.approx(2 * scipy_stats.t.sf(0.05 / np.sqrt(total), df))
+    assert p_value(0.0, 0.0, [(0.0, np.inf)]) == 1.0
+    expected = scipy_stats.binomtest(30, 100).proportion_ci(confidence_level=0.9, method="wilson")
+    assert wilson_interval(30, 100, alpha=0.1) == pytest.approx((expected.low, expected.high))
+
+
+def test_replicates_of_several_runs_equal_those_run_by_run():
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 5, 400)
+    runs = [predictions(true, np.where(rng.random(400) < accuracy, true, rng.integers(0, 5, 400)),
+                        rng.uniform(0.05, 1.0, 400))
+            for accuracy in (0.9, 0.6, 0.3)]
+    resampler = Resampler(resamples=250)
+    names = ["acc", "f1_macro", "precision_weighted", "recall_macro", "loss"]
+    together = resampler.replicates_of_runs(runs, names, 5)
+    for run, found in zip(runs, together, strict=True):
+        alone = resampler.replicates(run, names, 5)
+        for name in names:
+            if name == "loss":  # summed in another order
+                assert found[name] == pytest.approx(alone[name], rel=1e-12)
+            else:
+                assert np.array_equal(found[name], alone[name]), name
+    with pytest.raises(ValueError, match="different images"):
+        resampler.replicates_of_runs([runs[0], predictions(true, true, prefix="other")], ["acc"], 5)

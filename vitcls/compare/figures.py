@@ -29,7 +29,7 @@ _DPI = 150
 _VAL_OFFSET, _TEST_OFFSET = -0.14, 0.16  # the two markers of a design, around its row
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
 
 
@@ -99,7 +99,7 @@ def design_chart(rows: Sequence[dict[str, Any]], ranking: Ranking, selected_on_t
 
 
 def save_design_chart(rows: Sequence[dict[str, Any]], ranking: Ranking, path: Path, selected_on_test: bool) -> Path:
-    return _save(design_chart(rows, ranking, selected_on_test), path)
+    return save_figure(design_chart(rows, ranking, selected_on_test), path)
 
 
 def _numeric(values: Sequence[str | None]) -> list[float] | None:
@@ -140,4 +140,4 @@ def save_learning_curves(rows: Sequence[dict[str, Any]], ranking: Ranking, x: st
         ax.set_title(f"{key[0]}/{key[1]}: mean over seeds, {CONFIDENCE:.0%} band", fontsize=9, **_TEXT)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, loc="outside right upper")  # off the data
-    return _save(fig, path)
+    return save_figure(fig, path)

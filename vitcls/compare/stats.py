@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from scipy import stats as scipy_stats
 
 from vitcls.errors import ConfigError
@@ -155,6 +156,46 @@ class Resampler:
                 out[name].append(metric_on_resamples(name, predictions, num_classes, indices, counts))
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
+    def replicates_of_runs(
+        self, runs: Sequence[Predictions], metrics: Sequence[str], num_classes: int
+    ) -> list[dict[str, np.ndarray]]:
+        """`replicates` of each of several runs scored on the same images, equal to calling it run by run.
+
+        The resamples are drawn once; each is counted as how many times it holds each image (its multiplicity),
+        and a run's per-class counts are the multiplicities summed over its images of each class (a sparse
+        product), so a further run costs a fraction of a `replicates` call.
+        """
+        if not runs:
+            return []
+        paths = runs[0].paths
+        if any(run.paths != paths for run in runs[1:]):
+            raise ValueError("replicates_of_runs: the runs are scored on different images")
+        n = len(paths)
+        if n == 0 or any(name != "loss" and name not in COUNT_METRICS for name in metrics):
+            return [self.replicates(run, metrics, num_classes) for run in runs]
+        generator = self._generator(paths)
+        chunk = max(1, _INDICES_PER_CHUNK // n)
+        images = np.arange(n)
+
+        def indicator(labels: np.ndarray, weights: np.ndarray) -> sparse.csr_matrix:  # (classes, images)
+            return sparse.csr_matrix((weights, (labels, images)), shape=(num_classes, n))
+
+        ones = np.ones(n)
+        per_run = [(indicator(run.true, (run.true == run.pred).astype(np.float64)), indicator(run.true, ones),
+                    indicator(run.pred, ones), -np.log(np.clip(run.true_score, 1e-12, None)))
+                   for run in runs]
+        out: list[dict[str, list[np.ndarray]]] = [{name: [] for name in metrics} for _ in runs]
+        for start in range(0, self.resamples, chunk):
+            rows = min(chunk, self.resamples - start)
+            indices = generator.integers(0, n, size=(rows, n))
+            flat = (indices + (np.arange(rows) * n)[:, None]).ravel()
+            multiplicity = np.ascontiguousarray(np.bincount(flat, minlength=rows * n).reshape(rows, n).T, np.float64)
+            for (*indicators, losses), found in zip(per_run, out, strict=True):
+                counts = tuple(np.asarray(matrix @ multiplicity).T for matrix in indicators)
+                for name in metrics:
+                    found[name].append(losses @ multiplicity / n if name == "loss" else COUNT_METRICS[name](*counts))
+        return [{name: np.concatenate(parts) for name, parts in found.items()} for found in out]
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -188,35 +229,58 @@ def pooled_seed_variance(point_sets: Iterable[Sequence[float]]) -> SeedVariance 
     return SeedVariance(squares / df, float(df)) if df else None
 
 
-def _seed_term(points: np.ndarray, pooled: SeedVariance | None) -> tuple[float, float] | None:
-    """(variance of the mean from the spread over seeds, its degrees of freedom): from the design's own seeds
-    when it has two or more, else the pooled variance; None for one seed and nothing pooled."""
-    if len(points) >= 2:
-        return float(points.var(ddof=1)) / len(points), float(len(points) - 1)
+SeedTerm = tuple[float, float]  # (variance of a mean from the spread over seeds, its degrees of freedom)
+
+
+def seed_term(points: Sequence[float], pooled: SeedVariance | None) -> SeedTerm | None:
+    """The seed term of the mean of `points`: from the design's own seeds when it has two or more, else the
+    pooled variance; None for one seed and nothing pooled."""
+    values = np.asarray(points, dtype=np.float64)
+    if len(values) >= 2:
+        return float(values.var(ddof=1)) / len(values), float(len(values) - 1)
     if pooled is not None:
         return pooled.variance, pooled.df
     return None
 
 
-def _welch_df(image_variance: float, seed_terms: Sequence[tuple[float, float]]) -> float:
+def _welch_df(image_variance: float, seed_terms: Sequence[SeedTerm]) -> float:
     """Welch-Satterthwaite degrees of freedom of image_variance (taken as known) + the seed terms."""
     total = image_variance + sum(v for v, _ in seed_terms)
     denominator = sum(v * v / df for v, df in seed_terms if v > 0 and math.isfinite(df))
     return math.inf if denominator == 0 else total * total / denominator
 
 
-def _normal_quantile() -> float:
-    return float(scipy_stats.norm.ppf(1.0 - SIGNIFICANCE / 2))
+def _normal_quantile(alpha: float = SIGNIFICANCE) -> float:
+    return float(scipy_stats.norm.ppf(1.0 - alpha / 2))
 
 
-def _t_quantile(df: float) -> float:
-    return _normal_quantile() if math.isinf(df) else float(scipy_stats.t.ppf(1.0 - SIGNIFICANCE / 2, df))
+def _t_quantile(df: float, alpha: float = SIGNIFICANCE) -> float:
+    return _normal_quantile(alpha) if math.isinf(df) else float(scipy_stats.t.ppf(1.0 - alpha / 2, df))
 
 
-def wilson_interval(successes: float, n: float) -> tuple[float, float]:
-    """The CONFIDENCE Wilson score interval of a proportion: `successes` of `n` (a mean over seeds may be
-    fractional). At 0 successes it is [0, z^2 / (n + z^2)], at n successes [n / (n + z^2), 1]."""
-    z = _normal_quantile()
+def half_width(image_variance: float, seed_terms: Sequence[SeedTerm], alpha: float = SIGNIFICANCE) -> float:
+    """Half the width of the 1 - alpha interval of a mean whose error has a bootstrap image variance and seed
+    terms: t * sqrt(image_variance + sum of the seed variances), Welch-Satterthwaite degrees of freedom."""
+    variance = image_variance + sum(v for v, _ in seed_terms)
+    return _t_quantile(_welch_df(image_variance, seed_terms), alpha) * math.sqrt(variance)
+
+
+def p_value(difference: float, image_variance: float, seed_terms: Sequence[SeedTerm]) -> float:
+    """Two-sided p-value of a difference of means != 0, its error made of the bootstrap variance of the
+    difference (the images resampled in pairs) and the seed terms of both sides."""
+    variance = image_variance + sum(v for v, _ in seed_terms)
+    if variance <= 0.0:
+        return 1.0 if difference == 0.0 else 0.0
+    statistic = abs(difference) / math.sqrt(variance)
+    df = _welch_df(image_variance, seed_terms)
+    survival = scipy_stats.norm.sf(statistic) if math.isinf(df) else scipy_stats.t.sf(statistic, df)
+    return float(min(1.0, 2.0 * survival))
+
+
+def wilson_interval(successes: float, n: float, alpha: float = SIGNIFICANCE) -> tuple[float, float]:
+    """The 1 - alpha (default CONFIDENCE) Wilson score interval of a proportion: `successes` of `n` (a mean
+    over seeds may be fractional). At 0 successes it is [0, z^2 / (n + z^2)], at n successes [n / (n + z^2), 1]."""
+    z = _normal_quantile(alpha)
     p = min(max(successes / n, 0.0), 1.0)
     scale = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / scale
@@ -224,13 +288,15 @@ def wilson_interval(successes: float, n: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def image_floor(metric: str, mean: float, accuracy: float | None, n_images: int | None) -> tuple[float, float] | None:
+def image_floor(
+    metric: str, mean: float, accuracy: float | None, n_images: int | None, alpha: float = SIGNIFICANCE
+) -> tuple[float, float] | None:
     """An interval that the interval of `metric` (mean `mean`) must contain, from the accuracy on `n_images`
     images: for acc its Wilson interval; for another count metric (f1, precision, recall) the same distances
     from its mean on either side. None where it does not apply (the loss, unknown n or accuracy)."""
     if metric not in COUNT_METRICS or not n_images or accuracy is None or math.isnan(mean):
         return None
-    low, high = wilson_interval(accuracy * n_images, n_images)
+    low, high = wilson_interval(accuracy * n_images, n_images, alpha)
     if metric == "acc":
         return low, high
     accuracy = min(max(accuracy, 0.0), 1.0)
@@ -244,11 +310,13 @@ def estimate(
     *,
     pooled: SeedVariance | None = None,
     contains: tuple[float, float] | None = None,
+    alpha: float = SIGNIFICANCE,
 ) -> Estimate:
     """`points`: each seed's metric; `replicates`: (seeds, resamples) of it on resampled images, or None
     (then the interval comes from the seeds alone, and there is none for one seed); `pooled`: the seed
     variance a one-seed design borrows (without it, its interval holds the image sampling alone);
-    `contains`: an interval the result must contain (`image_floor`). Clipped to `bounds`."""
+    `contains`: an interval the result must contain (`image_floor`); a 1 - alpha interval, clipped to
+    `bounds`."""
     values = np.asarray(points, dtype=np.float64)
     n = len(values)
     if n == 0:
@@ -257,9 +325,9 @@ def estimate(
     std = float(values.std(ddof=1)) if n > 1 else math.nan
     if replicates is None and n < 2:
         return Estimate(mean, std, math.nan, math.nan, n)
-    seed_term = _seed_term(values, pooled) or (0.0, math.inf)
+    term = seed_term(values, pooled) or (0.0, math.inf)
     image_variance = 0.0 if replicates is None else float(np.asarray(replicates).mean(axis=0).var(ddof=1))
-    half = _t_quantile(_welch_df(image_variance, [seed_term])) * math.sqrt(image_variance + seed_term[0])
+    half = half_width(image_variance, [term], alpha)
     low, high = mean - half, mean + half
     if contains is not None:
         low, high = min(low, contains[0]), max(high, contains[1])
@@ -279,17 +347,10 @@ def p_value_of_difference(
     a, b = np.asarray(points_a, dtype=np.float64), np.asarray(points_b, dtype=np.float64)
     if len(a) == 0 or len(b) == 0 or replicates_a is None or replicates_b is None:
         return math.nan
-    seed_terms = [_seed_term(a, pooled), _seed_term(b, pooled)]
+    seed_terms = [seed_term(a, pooled), seed_term(b, pooled)]
     if None in seed_terms:
         return math.nan
-    difference = float(a.mean() - b.mean())
     image_variance = float(
         (np.asarray(replicates_a).mean(axis=0) - np.asarray(replicates_b).mean(axis=0)).var(ddof=1)
     )
-    variance = image_variance + sum(v for v, _ in seed_terms)
-    if variance <= 0.0:
-        return 1.0 if difference == 0.0 else 0.0
-    statistic = abs(difference) / math.sqrt(variance)
-    df = _welch_df(image_variance, seed_terms)
-    survival = scipy_stats.norm.sf(statistic) if math.isinf(df) else scipy_stats.t.sf(statistic, df)
-    return float(min(1.0, 2.0 * survival))
+    return p_value(float(a.mean() - b.mean()), image_variance, seed_terms)

@@ -17,7 +17,7 @@ from vitcls.compare.leaderboard_figures import few_shot_chart, leaderboard_chart
 from vitcls.compare.leaderboard_outputs import markdown_text, write_leaderboard
 from vitcls.compare.vs_best import BEST, BETTER, NOT_DISTINGUISHABLE, UNKNOWN, WORSE
 from vitcls.errors import ConfigError, VitclsError
-from vitcls.predictions import Predictions
+from vitcls.reporting.predictions_csv import Predictions
 
 CLASSES = 4
 N = 300  # images per split

@@ -12,7 +12,7 @@ import numpy as np
 
 from vitcls.compare.stats import COUNT_METRICS, class_counts
 from vitcls.errors import ConfigError, VitclsError
-from vitcls.predictions import Predictions
+from vitcls.reporting.predictions_csv import Predictions
 
 PROTOCOLS = ("head", "knn", "logreg")
 SPLITS = ("val", "test")

@@ -25,7 +25,7 @@ from vitcls.compare.stats import (
     pooled_seed_variance,
 )
 from vitcls.compare.vs_best import BEST, VsBest, against_best
-from vitcls.metrics import LOWER_IS_BETTER
+from vitcls.metrics import LOWER_IS_BETTER, selection_key
 from vitcls.reporting.predictions_csv import read_predictions
 
 # Test metrics every design table shows, beside the ranking metric and its test counterpart.
@@ -143,6 +143,11 @@ def _collect(design: Design, keys: Sequence[MetricKey], replicates: RunReplicate
     return score
 
 
+def _mean_val_loss(runs: Sequence[Run]) -> float | None:
+    losses = [loss for run in runs if (loss := run.metric("val", "loss")) is not None]
+    return float(np.mean(losses)) if losses else None
+
+
 def _rank_group(scores: list[DesignScore], ranking: Ranking, keys: Sequence[MetricKey], x: str | None) -> GroupResult:
     pooled = {key: pooled_seed_variance(s.points[key] for s in scores) for key in keys}
     for score in scores:
@@ -153,7 +158,11 @@ def _rank_group(scores: list[DesignScore], ranking: Ranking, keys: Sequence[Metr
         if seeds:
             score.seed_variance = OWN if seeds >= 2 else POOLED if pooled[ranking.significance] else NONE
     ranked = [s for s in scores if not math.isnan(s.estimates[ranking.key].mean)]
-    ranked.sort(key=lambda s: s.estimates[ranking.key].mean, reverse=not ranking.minimize)
+    # vitcls's one selection rule (a bank ranks its heads by it too): at equal scores the lower mean validation
+    # loss, then the design seen first.
+    order = {id(s): position for position, s in enumerate(scores)}
+    ranked.sort(key=lambda s: selection_key(s.estimates[ranking.key].mean, _mean_val_loss(s.design.runs),
+                                            order[id(s)], maximize=not ranking.minimize))
     for rank, score in enumerate(ranked, start=1):
         score.rank = rank
     if not ranked:

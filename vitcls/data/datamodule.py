@@ -250,8 +250,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Lightning keeps a DistributedSampler it is given instead of replacing it. With random augmentation
         # every sample gets a seed of its own (see vitcls.data.loaders).
         world_size, rank = self._replicas()
-        return EpochSampler(self.datasets["train"], num_replicas=world_size, rank=rank,
-                            seed=self.hparams.shuffle_seed, seeded=bool(self.hparams.train_augment))
+        train = self.datasets["train"]
+        with_epoch = bool(getattr(train, "views_per_epoch", False))  # cached augmented views
+        return EpochSampler(train, num_replicas=world_size, rank=rank, seed=self.hparams.shuffle_seed,
+                            seeded=bool(self.hparams.train_augment) and not with_epoch, with_epoch=with_epoch)
 
     def _eval_sampler(self, split: str) -> Sampler | None:
         # Unlike DistributedSampler, no padding: every image is evaluated exactly once across ranks.

@@ -112,3 +112,38 @@ def encode_splits(
     per_output = [torch.cat(output).split(sizes) for output in outputs or []]
     per_split_labels = torch.cat(labels).split(sizes)
     return {split: ([output[i] for output in per_output], per_split_labels[i]) for i, split in enumerate(splits)}
+
+
+class ViewsDataset(Dataset):
+    """Cached training inputs with V augmented views per image: item `(index, epoch)` (from an
+    `EpochSampler(with_epoch=True)`) is view `(epoch + offsets[index]) mod V` of image `index`, so every image
+    cycles through its views, each starting at a view of its own. `tensors`: (V, N, ...) each, then the labels."""
+
+    views_per_epoch = True
+
+    def __init__(self, tensors: list[Tensor], labels: Tensor, offsets: Tensor):
+        self.tensors, self.labels, self.offsets = tensors, labels, offsets
+        self.num_views = tensors[0].shape[0]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, ...]:
+        index, epoch = item
+        view = (epoch + int(self.offsets[index])) % self.num_views
+        return (*(tensor[view, index] for tensor in self.tensors), self.labels[index])
+
+
+def view_offsets(samples: list[Sample], root: Path, seed: int, num_views: int) -> Tensor:
+    """Each image's first view: a function of (seed, its path relative to root), the same in every run."""
+    offsets = []
+    for sample in samples:
+        digest = hashlib.sha256(f"{seed}:{os.path.relpath(sample.path, root)}".encode()).digest()
+        offsets.append(int.from_bytes(digest[:8], "little") % num_views)
+    return torch.tensor(offsets, dtype=torch.long)
+
+
+def view_seed(seed: int, view: int, index: int) -> int:
+    """The seed of the random transform of view `view` of training image `index`."""
+    digest = hashlib.sha256(f"view:{seed}:{view}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

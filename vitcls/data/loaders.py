@@ -54,11 +54,14 @@ def seeded_random_state(seed: int) -> Iterator[None]:
 
 class EpochSampler(DistributedSampler):
     """A shuffling DistributedSampler (one process too) that can start an epoch part-way, and that yields
-    `(index, seed)` instead of `index` when `seeded`: the seed of the sample's random transform."""
+    `(index, seed)` instead of `index` when `seeded` (the seed of the sample's random transform), or
+    `(index, epoch)` when `with_epoch` (a dataset of cached augmented views picks the view of the epoch)."""
 
-    def __init__(self, dataset: Sized, num_replicas: int, rank: int, seed: int, seeded: bool = False):
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int, seed: int, seeded: bool = False,
+                 with_epoch: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.seeded = seeded
+        self.with_epoch = with_epoch
         self._start: tuple[int, int] | None = None  # (epoch, samples of this rank to skip in it)
 
     def start_at(self, epoch: int, skip: int) -> None:
@@ -75,7 +78,9 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[Any]:
         indices: list[Any] = list(super().__iter__())
-        if self.seeded:
+        if self.with_epoch:
+            indices = [(index, self.epoch) for index in indices]
+        elif self.seeded:
             indices = list(zip(indices, self.sample_seeds(), strict=True))
         skip = 0
         if self._start is not None and self._start[0] == self.epoch:

@@ -89,6 +89,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.data_config: dict[str, Any] | None = None
         self._scan: FolderScan | None = None
         self._splits: dict[str, list[Sample]] | None = None
+        self._train_pool: list[Sample] = []
         self._skipped: dict[str, str] = {}  # path -> reason, found by the scan
         self._file_stats: dict[str, tuple[int, int] | None] = {}  # path -> (size, mtime) at scan time
         self.datasets: dict[str, ImageFileDataset] = {}
@@ -158,8 +159,16 @@ class ImageFolderDataModule(L.LightningDataModule):
             val = scan.samples("val") if "val" in scan.splits else None
             if val is None:
                 train, val = stratified_split(train, self.hparams.val_fraction, seed + 1)
+            self._train_pool = train
             self._splits = {"train": self._training_subset(train), "val": val, "test": test}
         return self._splits
+
+    @property
+    def train_pool(self) -> list[Sample]:
+        """The training split before `train_per_class` / `train_fraction` keep a subset of it: what a feature cache
+        stores, so that every subset (few-shot draws, learning curves) is served from one backbone pass."""
+        self.splits  # noqa: B018 (computes the splits)
+        return self._train_pool
 
     def _training_subset(self, train: list[Sample]) -> list[Sample]:
         per_class = self.hparams.get("train_per_class")

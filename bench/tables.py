@@ -43,7 +43,7 @@ def train_table(data: dict) -> str:
              "vitcls_compile": "vitcls, `model.compile=true`"}
     size, work, stats = data["size"], data["same_work"], data["stats"]
     lines = [
-        f"`python bench/train.py{size_flag(size)}{' --compile' if 'vitcls_compile' in stats else ''}`: "
+        f"`python bench/training_speed.py{size_flag(size)}{' --compile' if 'vitcls_compile' in stats else ''}`: "
         f"{data['rounds']} interleaved rounds, median (min-max); every variant: {work['params']:,} parameters, "
         f"{work['train_measured_images']} training images timed after {size['warmup_steps']} warm-up steps, "
         f"{work['eval_measured_images']} evaluation images timed after the first batch, batch {work['batch_size']}, "

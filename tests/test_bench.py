@@ -23,11 +23,11 @@ def results(out, name):
     return data
 
 
-def test_train_bench(fruits_root, tmp_path):
+def test_training_speed_bench(fruits_root, tmp_path):
     pytest.importorskip("transformers")
-    from bench import train
+    from bench import training_speed
 
-    train.main(["--tiny", "--compile", "--data-root", str(fruits_root), "--out", str(tmp_path)])
+    training_speed.main(["--tiny", "--compile", "--data-root", str(fruits_root), "--out", str(tmp_path)])
     data = results(tmp_path, "train")
     keys = {
         "hf_trainer_ips",

@@ -1,6 +1,6 @@
 """Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a tuned HF vs a bare loop.
 
-    python bench/train.py [--quick | --tiny | --gpu] [--compile] [--rounds N] [--vitcls-override KEY=VALUE ...]
+    python bench/training_speed.py [--quick | --tiny | --gpu] [--compile] [--rounds N] [--vitcls-override KEY=VALUE ...]
 
 Same model shape (ViT-Tiny/16, randomly initialised), images (Fruits-360 subset), batch size and
 precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in every variant, each in its own process

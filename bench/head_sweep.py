@@ -71,7 +71,8 @@ SIDES = ("cached", "uncached")
 def sweeps(root: Path, size: SweepSize, work: Path) -> dict[str, dict]:
     """Both sweeps, interleaved: job i of one, then job i of the other, the side that goes first alternating.
     The cached sweep goes first at job 0, so the process's one-time start-up costs count against the cache.
-    Per side: wall seconds (the sum of its jobs), summaries and per-run step timings, in job order."""
+    Per side: wall seconds (the sum of its jobs), summaries and per-run step timings, in job order; and
+    `job_order`, the jobs of both sides as they ran."""
     from vitcls.config import config_dir, register_resolvers
 
     register_resolvers()
@@ -87,7 +88,8 @@ def sweeps(root: Path, size: SweepSize, work: Path) -> dict[str, dict]:
         "trainer.enable_model_summary=false",
         f"feature_cache.dir={work / 'feature_cache'}",
     ]
-    done = {side: {"wall_s": 0.0, "summaries": [], "phases": []} for side in SIDES}
+    done: dict = {side: {"wall_s": 0.0, "summaries": [], "phases": []} for side in SIDES}
+    done["job_order"] = []
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"), RunPhases() as phases:
         for index, head in enumerate(HEADS[: size.runs]):
             for side in SIDES if index % 2 == 0 else SIDES[::-1]:
@@ -99,6 +101,7 @@ def sweeps(root: Path, size: SweepSize, work: Path) -> dict[str, dict]:
                 done[side]["summaries"].append(phases.run(compose(config_name="train", overrides=overrides)))
                 done[side]["wall_s"] += time.perf_counter() - started
                 done[side]["phases"].append(phases.last)
+                done["job_order"].append(f"{side} {index}")
     return done
 
 
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "num_samples": uncached[0]["num_samples"],
         "decode_check_memo": "both sweeps (data.image_check_cache_dir, one fresh directory per sweep)",
-        "order": "interleaved: job i of each sweep in turn, cached first at even i, uncached first at odd i",
+        "job_order": done["job_order"],
         # Per run, in seconds: the first cached run computes the features, the later ones load them.
         "phases_mean_s": {
             "uncached": mean_phases(uncached_phases),

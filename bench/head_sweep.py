@@ -9,8 +9,9 @@ cache directory): the first run computes each split's features once, the others 
 remember the pre-training decode check (`data.image_check_cache_dir`, a fresh directory per sweep), so the
 memo is credited to neither. The two sweeps are interleaved (job i of one, then job i of the other, the
 first side alternating; the cached sweep starts), so a change of load on a shared machine hits both alike;
-each sweep's wall time is the sum of its jobs. Reports both wall times, the speed-up, the largest test-metric difference
-between the two sweeps, and where each run's time goes (bench.phases). Writes bench/results/head_sweep.json.
+each sweep's wall time is the sum of its jobs. Reports both wall times, the speed-up, the largest
+test-metric difference between the two sweeps, and where each run's time goes (bench.phases). Writes
+bench/results/head_sweep.json.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Is a killed and resumed run the same run? One uninterrupted `python train.py` against the same command stopped
-by a signal at a random training batch and resumed with `ckpt_path=last` in the same run directory, with the
-default data settings (DataLoader worker processes, persistent). Writes bench/results/resume.json.
+"""Is a killed and resumed run the same run? One uninterrupted `python train.py` against the same command
+stopped by a signal at a random training batch and resumed with `ckpt_path=last` in the same run directory,
+with the default data settings (DataLoader worker processes, persistent). Writes bench/results/resume.json.
 
     python -m bench.resume_exact [--quick | --tiny] [--signal SIGKILL | SIGTERM] [--kill-seed N]
     python -m bench.resume_exact --per-class 0      # every image of the data root (slow on a CPU)
@@ -12,12 +12,12 @@ SIGKILL (an OOM killer, a lost node) leaves last.ckpt from the end of the previo
 redoes that epoch's first batches; SIGTERM (a preempting scheduler) saves interrupted.ckpt where it stopped.
 
 What resume.json records, each a check that can fail:
-  went_on_from_checkpoint  the killed process died of the signal at the drawn step, before writing summary.json;
-                           the resumed run's summary.json `resumed_from` names a checkpoint of this run directory
-                           whose global step (read from it before the resume) is past 0; the first step and epoch
-                           the resumed process logged to metrics.csv are that checkpoint's; and the run directory
-                           holds one validation row per epoch (a fresh start would log from step 0 and add a
-                           second epoch 0)
+  went_on_from_checkpoint  the killed process died of the signal at the drawn step, before writing
+                           summary.json; the resumed run's summary.json `resumed_from` names a checkpoint of
+                           this run directory whose global step (read from it before the resume) is past 0
+                           and the latest before the kill; the first step and epoch the resumed process logged
+                           to metrics.csv are that checkpoint's; and the run directory holds one validation
+                           row per epoch (a fresh start would log from step 0 and add a second epoch 0)
   identical                every per-epoch value, every per-step training loss the resumed process logged and
                            every test metric equal the uninterrupted run's, as floats
 """
@@ -46,7 +46,7 @@ from bench.common import REPO_ROOT, add_size_arguments, pick_size, subset_folder
 
 FAULT_INJECTION_DIR = REPO_ROOT / "tests"  # fault_injection.SignalAt: the signal comes from inside the trainer
 CHECKPOINTS = ("last.ckpt", "interrupted.ckpt")  # what ckpt_path=last may resume from
-# How the killed process ends: SIGKILL kills it; on SIGTERM vitcls saves interrupted.ckpt and exits with 128 + 15.
+# How the killed process ends: SIGKILL kills it; on SIGTERM vitcls saves interrupted.ckpt, exits with 128 + 15.
 EXIT_STATUS = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM}
 
 
@@ -136,7 +136,7 @@ def checkpoint_positions(run_dir: Path) -> dict[str, dict[str, int]]:
 
 
 def went_on_from_checkpoint(run_dir: Path, rows_before: int, positions: dict[str, dict[str, int]],
-                            steps_per_epoch: int, epochs: int, expected_step: int) -> dict[str, bool | str | int | None]:
+                            steps_per_epoch: int, epochs: int, expected_step: int) -> dict:
     """Did the resumed process continue from a checkpoint of `run_dir`, rather than start over? And from the
     latest one: at `expected_step`."""
     summary = json.loads((run_dir / "summary.json").read_text())

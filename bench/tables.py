@@ -28,6 +28,12 @@ def size_flag(size: dict) -> str:
     return "" if size["name"] == "full" else f" --{size['name']}"
 
 
+def data_flag(data: dict) -> str:
+    """The --data-root of a run on other data than the default Fruits-360 subset."""
+    root = Path(data.get("data_root", "fruits360-10"))
+    return "" if root.name == "fruits360-10" else f" --data-root .../{root.name}"
+
+
 def machine(data: dict) -> str:
     """The machine as the file records it, with the 1-minute load average taken when the bench finished."""
     m = data["machine"]
@@ -38,7 +44,8 @@ def machine(data: dict) -> str:
 
 def verdicts(name: str, data: dict) -> str:
     """The file's targets as bench/targets.py judges them."""
-    return "; ".join(f"{target}: {result}" for _, _, target, _, result, *_ in rows_of(name, data))
+    judged = [f"{target}: {result}" for _, _, target, _, result, *_ in rows_of(name, data) if result != "-"]
+    return "; ".join(judged) or "none set for this size"
 
 
 def samples(data: dict) -> str:
@@ -112,7 +119,7 @@ def precision_table(data: dict) -> str:
 def prefix_table(data: dict) -> str:
     size, wall = data["size"], data["wall_s"]
     lines = [
-        f"`python bench/prefix_cache.py{size_flag(size)}`: ViT-Tiny/16 at {size['img_size']} px, "
+        f"`python bench/prefix_cache.py{size_flag(size)}{data_flag(data)}`: ViT-Tiny/16 at {size['img_size']} px, "
         f"`model.train_blocks={size['train_blocks']}`, {size['epochs']} epochs, {samples(data)}; "
         f"{machine(data)}.",
         "",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SPEED_SIZES = ("full", "quick")
+FULL_AND_QUICK = ("full", "quick")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Target:
     at_least: float | None = None  # neither bound: the value must be true
     at_most: float | None = None
     over: str | None = None  # the measured value is `name` / `over`
-    sizes: tuple[str, ...] = SPEED_SIZES
+    sizes: tuple[str, ...] = FULL_AND_QUICK
     # A key of the result file that must be there and true for the target to apply: a machine condition, or
     # a check the value is only meaningful with (files from before the check stay unjudged).
     applies_if: str | None = None

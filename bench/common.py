@@ -76,11 +76,15 @@ def link_or_copy(source: Path, destination: Path) -> None:
 def subset_folder(
     root: Path, destination: Path, train_per_class: int | None, test_per_class: int | None
 ) -> Path:
-    """ROOT/{train,test}/<class>/ with the first N files of each class, hard-linked where the file system
-    allows, else copied (symlinks leading outside data.root count as bad files)."""
+    """ROOT/{train,test[,val]}/<class>/ with the first N files of each class (val/, where ROOT has one, takes
+    `test_per_class`), hard-linked where the file system allows, else copied (symlinks leading outside
+    data.root count as bad files)."""
     if train_per_class is None and test_per_class is None:
         return root
-    for split, limit in (("train", train_per_class), ("test", test_per_class)):
+    limits = {"train": train_per_class, "test": test_per_class, "val": test_per_class}
+    for split, limit in limits.items():
+        if split == "val" and not (root / split).is_dir():
+            continue
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             target = destination / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)

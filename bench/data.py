@@ -35,10 +35,10 @@ from bench.common import (  # noqa: E402
     subset_folder,
     write_results,
 )
-from bench.train import FULL as TRAIN_FULL  # noqa: E402
-from bench.train import QUICK as TRAIN_QUICK  # noqa: E402
-from bench.train import TINY as TRAIN_TINY  # noqa: E402
-from bench.train import vitcls_command  # noqa: E402
+from bench.training_speed import FULL as TRAIN_FULL  # noqa: E402
+from bench.training_speed import QUICK as TRAIN_QUICK  # noqa: E402
+from bench.training_speed import TINY as TRAIN_TINY  # noqa: E402
+from bench.training_speed import vitcls_command  # noqa: E402
 
 
 @dataclass

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
-timeout 900 python bench/train.py --gpu --out "$out"
+timeout 900 python bench/training_speed.py --gpu --out "$out"
 cp "$out/train.json" bench/results/train_gpu.json
 timeout 300 python bench/predict.py --device cuda --dtype bfloat16 --model vit_base_patch16_224 --batch-size 64 \
     --out bench/results/predict_gpu.json

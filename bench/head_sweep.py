@@ -7,8 +7,11 @@ another in this process with `vitcls.train.run`, as a Hydra multirun does. Uncac
 and pushes every image through the backbone every epoch. Cached (`feature_cache.enabled=true`, a fresh
 cache directory): the first run computes each split's features once, the others load them. Both sweeps
 remember the pre-training decode check (`data.image_check_cache_dir`, a fresh directory per sweep), so the
-memo is credited to neither. Reports both wall times, the speed-up, the largest test-metric difference
-between the two sweeps, and where each run's time goes (bench.phases). Writes bench/results/head_sweep.json.
+memo is credited to neither. The two sweeps are interleaved (job i of one, then job i of the other, the
+first side alternating; the cached sweep starts), so a change of load on a shared machine hits both alike;
+each sweep's wall time is the sum of its jobs. Reports both wall times, the speed-up, the largest
+test-metric difference between the two sweeps, and where each run's time goes (bench.phases). Writes
+bench/results/head_sweep.json.
 """
 
 from __future__ import annotations
@@ -63,12 +66,17 @@ QUICK = SweepSize("quick", 224, 16, 10, 4, epochs=3, runs=8)
 TINY = SweepSize("tiny", 32, 4, 3, 2, epochs=1, runs=2)
 
 
-def sweep(root: Path, size: SweepSize, work: Path, cached: bool) -> tuple[float, list[dict], list[dict]]:
-    """(wall seconds, summaries, per-run step timings) of the sweep."""
+SIDES = ("cached", "uncached")
+
+
+def sweeps(root: Path, size: SweepSize, work: Path) -> dict[str, dict]:
+    """Both sweeps, interleaved: job i of one, then job i of the other, the side that goes first alternating.
+    The cached sweep goes first at job 0, so the process's one-time start-up costs count against the cache.
+    Per side: wall seconds (the sum of its jobs), summaries and per-run step timings, in job order; and
+    `job_order`, the jobs of both sides as they ran."""
     from vitcls.config import config_dir, register_resolvers
 
     register_resolvers()
-    name = "cached" if cached else "uncached"
     common = [
         f"data.root={root}",
         f"model.name={TIMM_MODEL}",
@@ -79,17 +87,23 @@ def sweep(root: Path, size: SweepSize, work: Path, cached: bool) -> tuple[float,
         f"trainer.max_epochs={size.epochs}",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
-        f"feature_cache.enabled={str(cached).lower()}",
         f"feature_cache.dir={work / 'feature_cache'}",
-        f"data.image_check_cache_dir={work / name / 'check_memo'}",
     ]
-    summaries = []
-    started = time.perf_counter()
+    done: dict = {side: {"wall_s": 0.0, "summaries": [], "phases": []} for side in SIDES}
+    done["job_order"] = []
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"), RunPhases() as phases:
         for index, head in enumerate(HEADS[: size.runs]):
-            overrides = [*common, *head, f"paths.output_dir={work / name / str(index)}"]
-            summaries.append(phases.run(compose(config_name="train", overrides=overrides)))
-    return time.perf_counter() - started, summaries, phases.runs
+            for side in SIDES if index % 2 == 0 else SIDES[::-1]:
+                print(f"job {index + 1}/{size.runs}: {side}", flush=True)
+                overrides = [*common, *head, f"feature_cache.enabled={str(side == 'cached').lower()}",
+                             f"data.image_check_cache_dir={work / side / 'check_memo'}",
+                             f"paths.output_dir={work / side / str(index)}"]
+                started = time.perf_counter()
+                done[side]["summaries"].append(phases.run(compose(config_name="train", overrides=overrides)))
+                done[side]["wall_s"] += time.perf_counter() - started
+                done[side]["phases"].append(phases.last)
+                done["job_order"].append(f"{side} {index}")
+    return done
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,8 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitcls-bench-") as tmp:
         work = Path(tmp)
         root = subset_folder(args.data_root, work / "images", size.train_per_class, size.test_per_class)
-        uncached_s, uncached, uncached_phases = sweep(root, size, work, cached=False)
-        cached_s, cached, cached_phases = sweep(root, size, work, cached=True)
+        done = sweeps(root, size, work)
+    uncached_s, uncached, uncached_phases = (done["uncached"][key] for key in ("wall_s", "summaries", "phases"))
+    cached_s, cached, cached_phases = (done["cached"][key] for key in ("wall_s", "summaries", "phases"))
 
     difference = max(
         abs(a["test"][k] - b["test"][k]) for a, b in zip(uncached, cached, strict=True) for k in a["test"]
@@ -122,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "num_samples": uncached[0]["num_samples"],
         "decode_check_memo": "both sweeps (data.image_check_cache_dir, one fresh directory per sweep)",
+        "job_order": done["job_order"],
         # Per run, in seconds: the first cached run computes the features, the later ones load them.
         "phases_mean_s": {
             "uncached": mean_phases(uncached_phases),

@@ -6,7 +6,7 @@
            why (torch's CPU capability check: bf16 only with AMX)
   matmul   n x n matmul GFLOP/s in float32 and bfloat16 (n = 2048; 512 without AMX, where bf16 is very slow)
   train    images/s of vitcls train.py with trainer.precision=32-true and bf16-mixed, and of the bare fp32 loop
-           (bench/train.py's variants: ViT-Tiny/16 at 224 px, batch 16), `--rounds` interleaved rounds, medians
+           (bench/training_speed.py's variants: ViT-Tiny/16 at 224 px, batch 16), `--rounds` interleaved rounds, medians
   predict  images/s of the Predictor with dtype float32 and bfloat16 (autocast), batch 64, on decoded images
            (decoding excluded, preprocessing included), interleaved rounds, medians
   quality  train.py twice on Fruits-360-10 with the same seed, 32-true and bf16-mixed: the test accuracy of each;
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import train as train_bench  # noqa: E402
+from bench import training_speed  # noqa: E402
 from bench.common import (  # noqa: E402
     REPO_ROOT,
     add_size_arguments,
@@ -43,6 +43,7 @@ from bench.common import (  # noqa: E402
     subset_folder,
     write_results,
 )
+from bench.targets import targets_of  # noqa: E402
 from vitcls.data.images import is_image_file, load_rgb  # noqa: E402
 from vitcls.inference.export_dir import export_model  # noqa: E402
 from vitcls.inference.predictor import Predictor  # noqa: E402
@@ -50,14 +51,13 @@ from vitcls.models.classifier import ImageClassifier  # noqa: E402
 from vitcls.precision import choose_precision, cpu_has_amx_bf16, inference_precision  # noqa: E402
 
 MATMUL_N = 2048
-TARGETS = {"train_preset_vs_bare_fp32": 1.2, "predict_bf16_vs_fp32": 2.0, "acc_difference": 0.01,
-           "top1_agreement": 0.995}
+TARGETS = {target.key: target for target in targets_of("precision")}
 
 
 @dataclass
 class PrecisionSize:
     name: str
-    speed: train_bench.Size  # the training-speed runs (bench/train.py's variants at this size)
+    speed: training_speed.Size  # the training-speed runs (bench/training_speed.py's variants at this size)
     predict_images: int
     predict_img_size: int
     predict_batch_size: int
@@ -68,14 +68,14 @@ class PrecisionSize:
     quality_test_per_class: int | None = None
 
 
-FULL = PrecisionSize("full", train_bench.QUICK, 512, 224, 64, quality_img_size=224, quality_epochs=3,
+FULL = PrecisionSize("full", training_speed.QUICK, 512, 224, 64, quality_img_size=224, quality_epochs=3,
                      quality_batch_size=16)
 # --quick: 2 + 4 training steps for the speed runs and quality runs at 32 px (4 patches) for 3 epochs, so that
 # bf16, emulated 3-4x slower than fp32 on a CPU without AMX, finishes on 2 shared cores; every test image is
 # still scored.
-QUICK = PrecisionSize("quick", dataclasses.replace(train_bench.QUICK, warmup_steps=2, measured_steps=4), 128, 224,
+QUICK = PrecisionSize("quick", dataclasses.replace(training_speed.QUICK, warmup_steps=2, measured_steps=4), 128, 224,
                       64, quality_img_size=32, quality_epochs=3, quality_batch_size=32)
-TINY = PrecisionSize("tiny", train_bench.TINY, 8, 32, 4, quality_img_size=32, quality_epochs=1,
+TINY = PrecisionSize("tiny", training_speed.TINY, 8, 32, 4, quality_img_size=32, quality_epochs=1,
                      quality_batch_size=4, quality_train_per_class=4, quality_test_per_class=2)
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
@@ -94,7 +94,7 @@ def train_speed(size: PrecisionSize, root: Path, work: Path, rounds: int) -> dic
         for name in names[index % len(names) :] + names[: index % len(names)]:
             kind, variant_size = variants[name]
             print(f"train speed, round {index + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(train_bench.run_variant(kind, args, variant_size, root, work / f"{name}_{index}"))
+            runs[name].append(training_speed.run_variant(kind, args, variant_size, root, work / f"{name}_{index}"))
     for run in runs["vitcls_bf16"]:
         assert run["precision"] == "bf16-mixed", run["precision"]
     return {name: spread([r["train_ips"] for r in variant]) for name, variant in runs.items()} | {"runs": runs}
@@ -173,12 +173,7 @@ def targets(results: dict) -> dict:
         "acc_difference": abs(results["acc_bf16"] - results["acc_fp32"]),
         "top1_agreement": results["top1_agreement"],
     }
-    met = {
-        "train_preset_vs_bare_fp32": measured["train_preset_vs_bare_fp32"] >= TARGETS["train_preset_vs_bare_fp32"],
-        "predict_bf16_vs_fp32": measured["predict_bf16_vs_fp32"] >= TARGETS["predict_bf16_vs_fp32"],
-        "acc_difference": measured["acc_difference"] <= TARGETS["acc_difference"],
-        "top1_agreement": measured["top1_agreement"] >= TARGETS["top1_agreement"],
-    }
+    met = {key: target.met(measured[key]) for key, target in TARGETS.items()}
     note = (
         "AMX bf16 present: the preset trains in bf16-mixed and the speed targets apply."
         if amx
@@ -186,7 +181,8 @@ def targets(results: dict) -> dict:
         "keeps float32, so the bf16 speed targets (set for AMX machines) do not apply here: the bf16 rows show "
         "what forcing bf16 costs on this CPU. The quality targets apply to any machine."
     )
-    return {"targets": TARGETS, "measured": measured, "met": met, "speed_targets_apply": amx, "note": note}
+    bounds = {key: target.bound() for key, target in TARGETS.items()}
+    return {"targets": bounds, "measured": measured, "met": met, "speed_targets_apply": amx, "note": note}
 
 
 def main(argv: list[str] | None = None) -> dict:

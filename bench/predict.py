@@ -179,6 +179,8 @@ def main(argv=None) -> dict:
         export_model(module, export_dir, data_config, onnx=with_onnx, verify_images=paths[:8])
 
         results: dict = {
+            "bench": "predict",
+            "size": {"name": "tiny" if args.tiny else "quick" if args.quick else "full"},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(),
             "model": args.model,

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.targets import rows_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,10 +28,24 @@ def size_flag(size: dict) -> str:
     return "" if size["name"] == "full" else f" --{size['name']}"
 
 
+def data_flag(data: dict) -> str:
+    """The --data-root of a run on other data than the default Fruits-360 subset."""
+    root = Path(data.get("data_root", "fruits360-10"))
+    return "" if root.name == "fruits360-10" else f" --data-root .../{root.name}"
+
+
 def machine(data: dict) -> str:
+    """The machine as the file records it, with the 1-minute load average taken when the bench finished."""
     m = data["machine"]
+    load = m.get("load_average_1min")
     return (f"{m['cpus']} CPUs ({m['cpu_model']}, {m.get('cpu_capability', '?')}), torch {m['torch']}, "
-            f"{m['date']}, load average {m['load_average_1min']} at the end (shared machine)")
+            f"{m['date']}, " + (f"load average {load} at the end" if load is not None else "load not recorded"))
+
+
+def verdicts(name: str, data: dict) -> str:
+    """The file's targets as bench/targets.py judges them."""
+    judged = [f"{target}: {result}" for _, _, target, _, result, *_ in rows_of(name, data) if result != "-"]
+    return "; ".join(judged) or "none set for this size"
 
 
 def samples(data: dict) -> str:
@@ -43,7 +62,7 @@ def train_table(data: dict) -> str:
              "vitcls_compile": "vitcls, `model.compile=true`"}
     size, work, stats = data["size"], data["same_work"], data["stats"]
     lines = [
-        f"`python bench/train.py{size_flag(size)}{' --compile' if 'vitcls_compile' in stats else ''}`: "
+        f"`python bench/training_speed.py{size_flag(size)}{' --compile' if 'vitcls_compile' in stats else ''}`: "
         f"{data['rounds']} interleaved rounds, median (min-max); every variant: {work['params']:,} parameters, "
         f"{work['train_measured_images']} training images timed after {size['warmup_steps']} warm-up steps, "
         f"{work['eval_measured_images']} evaluation images timed after the first batch, batch {work['batch_size']}, "
@@ -100,7 +119,7 @@ def precision_table(data: dict) -> str:
 def prefix_table(data: dict) -> str:
     size, wall = data["size"], data["wall_s"]
     lines = [
-        f"`python bench/prefix_cache.py{size_flag(size)}`: ViT-Tiny/16 at {size['img_size']} px, "
+        f"`python bench/prefix_cache.py{size_flag(size)}{data_flag(data)}`: ViT-Tiny/16 at {size['img_size']} px, "
         f"`model.train_blocks={size['train_blocks']}`, {size['epochs']} epochs, {samples(data)}; "
         f"{machine(data)}.",
         "",
@@ -111,8 +130,8 @@ def prefix_table(data: dict) -> str:
         f"| cached (every later job) | {spread(wall['warm'])} | **{data['speedup']:.2f}x** |",
         "",
         f"Tokens on disk: {data['disk_mb']:.1f} MB ({data['disk_mb_per_image'] * 1024:.0f} KB per image, bfloat16). "
-        f"Largest test-metric difference cached vs uncached: {data['max_test_metric_difference']:.4f}. "
-        f"Target {data['target_speedup']}x: {'met' if data['target_met'] else 'not met'}.",
+        + test_differences(data)
+        + f" Targets: {verdicts('prefix_cache', data)}.",
         "",
         "| step (mean s per run) | uncached | cached, filling | cached |",
         "| --- | ---: | ---: | ---: |",
@@ -122,6 +141,21 @@ def prefix_table(data: dict) -> str:
         lines.append(f"| {step} | " + " | ".join(f"{phases[k].get(step, 0.0):.2f}" for k in ("uncached", "cold", "warm"))
                      + " |")
     return "\n".join(lines)
+
+
+def test_differences(data: dict) -> str:
+    """The test metrics of the uncached run and how far the cached runs (and repeated uncached runs) are from them."""
+    differences = data.get("test_metric_differences")
+    if differences is None:  # written before the per-metric differences
+        return f"Largest test-metric difference cached vs uncached: {data['max_test_metric_difference']:.2g}."
+
+    def listed(values: dict) -> str:
+        return ", ".join(f"{metric} {values[metric]:.2g}" for metric in ("acc", "f1_macro", "loss") if metric in values)
+
+    return (f"On `{Path(data['data_root']).name}`, test metrics of the uncached run: "
+            f"{listed(data['test']['uncached'][0])}; largest difference of a cached run: "
+            f"{listed(differences['cached_vs_uncached'])}; of a repeated uncached run: "
+            f"{listed(differences['uncached_repeats']) or 'none (one round)'}.")
 
 
 def head_sweep_table(data: dict) -> str:

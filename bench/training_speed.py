@@ -1,6 +1,6 @@
 """Training throughput, evaluation throughput and peak memory: vitcls vs the tutorial vs a tuned HF vs a bare loop.
 
-    python bench/train.py [--quick | --tiny | --gpu] [--compile] [--rounds N] [--vitcls-override KEY=VALUE ...]
+    python bench/training_speed.py [--quick | --tiny | --gpu] [--compile] [--rounds N] [--vitcls-override KEY=VALUE ...]
 
 Same model shape (ViT-Tiny/16, randomly initialised), images (Fruits-360 subset), batch size and
 precision (fp32; `--gpu`: ViT-B/16, bf16-mixed, batch 64 on CUDA) in every variant, each in its own process
@@ -95,18 +95,21 @@ def forward_gflops_per_image(size: Size) -> float:
 
 # --- variants, each run in a child process --------------------------------------------------------
 class StepClock:
-    """Steady-state images/s from the end times of training steps after `warmup` of them."""
+    """Steady-state images/s from the end times of steps after `warmup` of them, over the images those steps
+    held (counted batch by batch, not assumed from the batch size). Evaluation uses `warmup=1`: timed after
+    its first batch."""
 
-    def __init__(self, warmup: int, batch_size: int):
-        self.warmup, self.batch_size, self.ends = warmup, batch_size, []
+    def __init__(self, warmup: int):
+        self.warmup, self.ends, self.images = warmup, [], []
 
-    def tick(self) -> None:
+    def tick(self, images: int) -> None:
         if device().type == "cuda":
             torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
+        self.images.append(images)
 
     def measured_images(self) -> int:
-        return (len(self.ends) - self.warmup) * self.batch_size
+        return sum(self.images[self.warmup :])
 
     def images_per_second(self) -> float:
         measured = self.ends[self.warmup - 1 :]
@@ -138,17 +141,27 @@ def run_hf_trainer(
     (training after the warm-up steps, evaluation after its first batch)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    clock = StepClock(size.warmup_steps, size.batch_size)
-    eval_ends: list[float] = []
+    train_clock, eval_clock = StepClock(size.warmup_steps), StepClock(warmup=1)
+
+    class CountingTrainer(Trainer):
+        """Notes the images of the batch each step and prediction step gets; the clock reads them."""
+
+        batch_images = 0
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            self.batch_images = len(inputs["pixel_values"])
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            self.batch_images = len(inputs["pixel_values"])
+            return super().prediction_step(model, inputs, *args, **kwargs)
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            clock.tick()
+            train_clock.tick(trainer.batch_images)
 
         def on_prediction_step(self, args, state, control, **kwargs):
-            if device().type == "cuda":
-                torch.cuda.synchronize()
-            eval_ends.append(time.perf_counter())
+            eval_clock.tick(trainer.batch_images)
 
     arguments = TrainingArguments(
         output_dir=str(work / "hf_out"),
@@ -167,7 +180,7 @@ def run_hf_trainer(
         disable_tqdm=True,
         **(training_arguments or {}),
     )
-    trainer = Trainer(
+    trainer = CountingTrainer(
         model=model, args=arguments, train_dataset=train_dataset, callbacks=[Clock()], **trainer_kwargs
     )
     mark_phase("train")
@@ -175,9 +188,9 @@ def run_hf_trainer(
     mark_phase("eval")
     trainer.evaluate(eval_dataset=test_dataset)
     return {
-        "train_ips": clock.images_per_second(),
-        "eval_ips": (len(test_dataset) - size.batch_size) / (eval_ends[-1] - eval_ends[0]),
-        **same_work(model, size, measured_images=clock.measured_images(), eval_images=len(test_dataset) - size.batch_size),
+        "train_ips": train_clock.images_per_second(),
+        "eval_ips": eval_clock.images_per_second(),
+        **same_work(model, size, train_clock.measured_images(), eval_clock.measured_images()),
     }
 
 
@@ -280,7 +293,7 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
         persistent_workers=True,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01)
-    clock = StepClock(size.warmup_steps, size.batch_size)
+    clock = StepClock(size.warmup_steps)
     steps = size.warmup_steps + size.measured_steps
     mark_phase("train")
     model.train()
@@ -292,7 +305,7 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            clock.tick()
+            clock.tick(len(targets))
             if len(clock.ends) == steps:
                 break
 
@@ -300,18 +313,17 @@ def run_bare(root: Path, size: Size, work: Path) -> dict:
     test = torch.utils.data.Subset(test, range(min(len(test), size.batch_size * (size.measured_steps + 1))))
     mark_phase("eval")
     model.eval()
-    ends = []
+    eval_clock = StepClock(warmup=1)
     with torch.inference_mode(), autocast(size):
         for images, _ in torch.utils.data.DataLoader(
             test, batch_size=size.batch_size, num_workers=workers, pin_memory=pin
         ):
             model(images.to(device(), non_blocking=pin)).argmax(dim=1).cpu()
-            ends.append(time.perf_counter())
-    eval_ips = (len(test) - size.batch_size) / (ends[-1] - ends[0])  # after the first batch
+            eval_clock.tick(len(images))
     return {
         "train_ips": clock.images_per_second(),
-        "eval_ips": eval_ips,
-        **same_work(model, size, clock.measured_images(), len(test) - size.batch_size),
+        "eval_ips": eval_clock.images_per_second(),
+        **same_work(model, size, clock.measured_images(), eval_clock.measured_images()),
     }
 
 

@@ -48,15 +48,15 @@ def compose_rung(rung: str, img_size: int):
 
 def build(rung: str, size: Size, target: torch.device):
     """The rung's LightningModule and optimizer, as train.py builds them (no data, no trainer, no schedule)."""
-    import hydra.utils
-    from vitcls.train import build_module
+    from vitcls.distributed import BatchLayout
+    from vitcls.run.lifecycle import build_module
+    from vitcls.run.studies import study_of
 
-    module = build_module(compose_rung(rung, size.img_size), [f"class_{i}" for i in range(NUM_CLASSES)])
+    cfg = compose_rung(rung, size.img_size)
+    layout = BatchLayout(per_device=cfg.data.batch_size, devices=1, num_nodes=1, accumulate=1)
+    module = build_module(cfg, study_of(cfg).designs(cfg), [f"class_{i}" for i in range(NUM_CLASSES)], layout)
     module = module.to(target).train()
-    net = module.net
-    optimizer = hydra.utils.instantiate(module.hparams.optimizer, _partial_=True)(net.backbone, net.head,
-                                                                                  prompts=net.prompts)
-    return module, optimizer
+    return module, module.build_optimizer()
 
 
 def step(module, optimizer, images, targets) -> None:

@@ -9,7 +9,7 @@ Lightning and Hydra start-up included), timed with its peak memory (PSS, DataLoa
   bank_s              a bank of K designs (4 heads x taps x lrs) in one run: `train.py bank=default ...`
   multirun_cached_s   the same K designs as a Hydra multirun (`train.py -m head=... tap.features=... ...`), one
                       process running the K jobs one after another, feature cache on
-  imports_s           `python -c "...import vitcls.train, vitcls.bank.run"`: the part of every process's start-up
+  imports_s           `python -c "...import vitcls.run.lifecycle, vitcls.run.studies"`: the part of every process's start-up
                       that is Python importing the stack (torch, Lightning, torchmetrics, timm), paid once per process
 First the bank runs once on an empty cache (`bank_cold_s`: it computes every tap of every split in one backbone
 pass), so that the measured runs all load their features; then the three measurements run `--rounds` times,
@@ -48,7 +48,7 @@ from bench.targets import recorded_targets  # noqa: E402
 HEADS = ["linear", "norm_linear", "cosine", "mlp"]
 # What a train.py process imports before its job starts (vitcls.cli.hydra_job's order).
 IMPORTS = ("from vitcls.timm_import import import_timm_without_wandb; import_timm_without_wandb(); "
-           "import vitcls.train, vitcls.bank.run")
+           "import vitcls.run.lifecycle, vitcls.run.studies")
 
 
 @dataclass

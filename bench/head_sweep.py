@@ -3,7 +3,7 @@
     python bench/head_sweep.py [--quick | --tiny]
 
 8 head configurations on a frozen ViT-Tiny/16 (224 px, Fruits-360-10, 3 epochs each), run one after
-another in this process with `vitcls.train.run`, as a Hydra multirun does. Uncached: every run decodes
+another in this process with `vitcls.run.lifecycle.run`, as a Hydra multirun does. Uncached: every run decodes
 and pushes every image through the backbone every epoch. Cached (`feature_cache.enabled=true`, a fresh
 cache directory): the first run computes each split's features once, the others load them. Both sweeps
 remember the pre-training decode check (`data.image_check_cache_dir`, a fresh directory per sweep), so the

@@ -1,11 +1,13 @@
-"""Where the time of an in-process `vitcls.train.run` goes: its steps, timed by wrapping them (bench only).
+"""Where the time of an in-process training run goes: the steps of `vitcls.run.lifecycle.run`, timed by wrapping
+them (bench only).
 
     with RunPhases() as phases:
-        phases.run(cfg)   # vitcls.train.run, timed
-    phases.last   # {"build_datamodule": 0.41, "training_batches": 3.2, "fit_and_test": 2.9, ..., "total": 7.5}
+        phases.run(cfg)   # vitcls.run.lifecycle.run with the study train.py picks, timed
+    phases.last   # {"build_datamodule": 0.41, "training_inputs": 3.2, "fit_and_test": 2.9, ..., "total": 7.5}
 
-`vitcls.train.run` calls its steps by module-level name, so replacing those names for the duration of the
-block times each call without touching vitcls. The rest of a run (its total minus the steps) is `other`.
+The lifecycle calls its steps by module-level name, and the study's `report` by attribute, so replacing those for
+the duration of the block times each call without touching vitcls. The rest of a run (its total minus the steps) is
+`other`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import functools
 import time
 
-import vitcls.train
+import vitcls.run.lifecycle as lifecycle
+from vitcls.run.studies import HeadBank, LoneRun, study_of
 
 STEPS = (
     "prepare_run",  # settings checks, run directory, seeding
@@ -21,11 +24,11 @@ STEPS = (
     "build_trainer",
     "build_module",  # the network (and the backbone's weights)
     "record_settings",  # config.yaml, hyperparameters to the loggers
-    "training_batches",  # the feature/token cache: computing (first run) or loading it
+    "training_inputs",  # the feature/token cache: computing (first run) or loading it
     "fit_and_test",  # Lightning's fit (with checkpoints) and the test of the best checkpoint
-    "summarise",
-    "write_outputs",  # confusion matrix PNG/CSV, summary.json
 )
+# The study's report: summary, predictions, confusion matrix PNG/CSV, bank tables, summary.json.
+STUDIES = (LoneRun, HeadBank)
 
 
 class RunPhases:
@@ -64,15 +67,22 @@ class RunPhases:
 
     def __enter__(self) -> RunPhases:
         for name in (*STEPS, "run"):
-            self._originals[name] = getattr(vitcls.train, name)
+            self._originals[name] = getattr(lifecycle, name)
         for name in STEPS:
-            setattr(vitcls.train, name, self._timed(name, self._originals[name]))
-        self.run = self._timed_run(self._originals["run"])
+            setattr(lifecycle, name, self._timed(name, self._originals[name]))
+        for study in STUDIES:
+            self._originals[study] = study.report
+            study.report = self._timed("report", study.report)
+        run = self._originals["run"]
+        self.run = self._timed_run(lambda cfg: run(cfg, study_of(cfg)))
         return self
 
     def __exit__(self, *exc) -> None:
         for name, function in self._originals.items():
-            setattr(vitcls.train, name, function)
+            if isinstance(name, str):
+                setattr(lifecycle, name, function)
+            else:
+                name.report = function
 
 
 def mean_phases(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -4,7 +4,7 @@
     python bench/prefix_cache.py --data-root ../shared/data/eurosat-10   # a test set where accuracy is not 1.0
 
 ViT-Tiny/16 at 224 px, the last 2 blocks + final norm + a linear head training, 3 epochs on Fruits-360-10
-(`--quick`: 30 train + 12 test images per class), batch 16, fp32, runs through `vitcls.train.run` in this
+(`--quick`: 30 train + 12 test images per class), batch 16, fp32, runs through `vitcls.run.lifecycle.run` in this
 process (as a Hydra multirun job does):
   uncached  every epoch decodes every image and runs all 12 blocks (the first 10 without autograd)
   cold      feature_cache.enabled=true on an empty cache: one inference pass stores the tokens entering block

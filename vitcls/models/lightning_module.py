@@ -440,10 +440,15 @@ class ClassifierModule(L.LightningModule):
         return self.predictions[split][:, index]
 
     # --- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of what trains: the backbone's trainable part, the adapter's, each head with its own lr and
+        weight decay."""
         create = hydra.utils.instantiate(self.hparams.optimizer, _partial_=True)
-        optimizer = create(self.net.backbone, list(self.net.heads), adapter_parameters=self._adapter_outside_backbone(),
-                           per_head=self.hparams.head_optim)
+        return create(self.net.backbone, list(self.net.heads), adapter_parameters=self._adapter_outside_backbone(),
+                      per_head=self.hparams.head_optim)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)

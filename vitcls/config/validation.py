@@ -94,6 +94,12 @@ def check_train_config(cfg: DictConfig) -> None:
     if cache is not None and cache.get("enabled"):
         token_dtype = cache.get("token_dtype", "bfloat16")
         _require(token_dtype in TOKEN_DTYPES, "feature_cache.token_dtype", token_dtype, f"one of {list(TOKEN_DTYPES)}")
+        _positive_int(cache, "feature_cache", "views")
+        if cache.get("views", 1) > 1 and not data.get("train_augment"):
+            raise ConfigError(
+                f"feature_cache.views={cache.views} caches augmented views of the training images, but "
+                "data.train_augment is null: set it (e.g. 'data.train_augment={scale:[0.5,1.0],hflip:0.5}') or views=1"
+            )
     check_adapter(cfg)
 
 

@@ -205,19 +205,24 @@ class FeatureStore:
             raise BadEntry(f"{index_path}: unreadable index ({error})") from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise BadEntry(f"{index_path}: an index of an older format, without a checksum", outdated=True)
+        if not {"size", "tensors", "checksum"} <= index.keys():
+            raise BadEntry(f"{index_path}: an index without size, tensors or checksum")
         if not has_tensors:
             raise BadEntry(f"{tensors_path}: missing (its index {index_path.name} is there)")
-        stat = tensors_path.stat()
-        if stat.st_size != index["size"]:
-            raise BadEntry(f"{tensors_path}: {stat.st_size} bytes, its index records {index['size']} (truncated?)")
-        if read_header(tensors_path, stat.st_size) != index["tensors"]:
-            raise BadEntry(f"{tensors_path}: its header differs from the tensors its index records")
-        identity = (str(tensors_path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, index["checksum"])
-        if verify or (verify is None and identity not in _VERIFIED):
-            checksum = file_checksum(tensors_path)
-            if checksum != index["checksum"]:
-                raise BadEntry(f"{tensors_path}: checksum {checksum} differs from the index's {index['checksum']}")
-            _VERIFIED.add(identity)
+        try:
+            stat = tensors_path.stat()
+            if stat.st_size != index["size"]:
+                raise BadEntry(f"{tensors_path}: {stat.st_size} bytes, its index records {index['size']} (truncated?)")
+            if read_header(tensors_path, stat.st_size) != index["tensors"]:
+                raise BadEntry(f"{tensors_path}: its header differs from the tensors its index records")
+            identity = (str(tensors_path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, index["checksum"])
+            if verify or (verify is None and identity not in _VERIFIED):
+                checksum = file_checksum(tensors_path)
+                if checksum != index["checksum"]:
+                    raise BadEntry(f"{tensors_path}: checksum {checksum} differs from the index's {index['checksum']}")
+                _VERIFIED.add(identity)
+        except OSError as error:  # removed meanwhile, unreadable, an I/O error of the disk
+            raise BadEntry(f"{tensors_path}: cannot read it ({error})") from None
         return index
 
     # -- repairing ---------------------------------------------------------------------------------------------
@@ -235,6 +240,8 @@ class FeatureStore:
     def _discard(self, key: str, bad: BadEntry) -> None:
         """Remove an outdated entry, or move a bad one into quarantine/ (the caller holds the key's lock)."""
         present = [path for path in self.paths(key) if path.exists()]
+        if not present:
+            return
         try:
             if bad.outdated:
                 for path in present:
@@ -364,6 +371,8 @@ class FeatureStore:
             self._wait(lock, key, deadline, timeout_s)
         except OSError as error:  # a read-only or full file system: the run goes on, unprotected
             log.warning("feature store: cannot lock %s (%s); going on without the lock", path, error)
+            lock = None
+        if lock is None:
             yield
             return
         try:
@@ -437,11 +446,13 @@ class FeatureStore:
             else:
                 state = "complete" if index.get("format") == FORMAT else "outdated"
             index = index or {}
-            stats = [path.stat() for path in paths]
+            try:
+                size = sum(path.stat().st_size for path in paths)
+                last_used = (index_path if index_path in paths else tensors_path).stat().st_mtime
+            except FileNotFoundError:  # removed meanwhile
+                continue
             description = index.get("description", {k: v for k, v in index.items() if k != "key"})
-            last_used = (index_path if index_path in paths else tensors_path).stat().st_mtime
-            found.append(EntryInfo(key, description, sum(s.st_size for s in stats), last_used, index.get("created"),
-                                   state, sorted(paths)))
+            found.append(EntryInfo(key, description, size, last_used, index.get("created"), state, sorted(paths)))
         return found
 
     def quarantined(self) -> list[QuarantinedEntry]:

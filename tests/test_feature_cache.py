@@ -76,9 +76,9 @@ def test_cache_round_trip(tmp_path):
     cache.save("k", features, labels, {"split": "train"})
     loaded_features, loaded_labels = cache.load("k")
     assert torch.equal(loaded_features, features) and torch.equal(loaded_labels, labels)
-    description = json.loads((tmp_path / "cache" / "k.json").read_text())
+    description = json.loads((tmp_path / "cache" / "k.json").read_text())["description"]
     assert description["num_samples"] == 5 and description["feature_shape"] == [7]
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp debris
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # no temp debris
 
 
 def train(tmp_path, name, root, *overrides):

@@ -134,7 +134,7 @@ def test_bfloat16_tokens_stay_within_their_rounding_of_the_uncached_run(colours,
     uncached = train(tmp_path, "uncached", colours)
     cached = train(tmp_path, "cached", colours, "feature_cache.enabled=true")
     stored = {
-        json.loads(p.with_suffix(".json").read_text())["split"]: load_file(p)["features"]
+        json.loads(p.with_suffix(".json").read_text())["description"]["split"]: load_file(p)["features"]
         for p in (tmp_path / "cache").glob("*.safetensors")
     }
     assert set(stored) == {"train", "val", "test"}

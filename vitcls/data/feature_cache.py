@@ -6,8 +6,8 @@ preprocessing, precision); this module adds the files. Files are fingerprinted b
 size, mtime_ns), as make and rsync do: a stat per file instead of reading every image, and any rewrite of an image
 (even `touch`) changes its key. Only a replacement keeping both size and mtime would go unnoticed.
 
-Cache layout: `<cache_dir>/<key>.safetensors` (the tensors) and `<key>.json` (what the key stands for, written
-last: an entry without its JSON is incomplete and recomputed).
+Cache layout: the entries of a `FeatureStore` (vitcls.data.feature_store): `<cache_dir>/<key>.safetensors` (the
+tensors) and `<key>.json` (what the key stands for and a checksum, written last).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from vitcls.data.feature_store import FeatureStore
 from vitcls.data.folder import Sample
-from vitcls.io import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +51,26 @@ def cache_key(fingerprint: dict[str, Any], files: list[list]) -> str:
 
 
 class FeatureCache:
-    """Feature tensors keyed by fingerprint in one directory (safetensors + a JSON description)."""
+    """(features, labels) entries of a FeatureStore, which checks them on load and replaces bad ones."""
 
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory).expanduser()
+        self.store = FeatureStore(directory)
+        self.directory = self.store.directory
 
     def paths(self, key: str) -> tuple[Path, Path]:
-        return self.directory / f"{key}.safetensors", self.directory / f"{key}.json"
+        return self.store.paths(key)
 
     def load(self, key: str) -> tuple[Tensor, Tensor] | None:
-        """The stored tensors, memory-mapped (read from disk as they are used), or None."""
-        tensors_path, index_path = self.paths(key)
-        if not (index_path.is_file() and tensors_path.is_file()):
-            return None
-        tensors = safetensors.torch.load_file(tensors_path)
-        return tensors["features"], tensors["labels"]
+        """The stored tensors, memory-mapped (read from disk as they are used), or None (absent or bad)."""
+        tensors = self.store.load(key)
+        return None if tensors is None else (tensors["features"], tensors["labels"])
 
     def save(self, key: str, features: Tensor, labels: Tensor, description: dict[str, Any]) -> None:
-        tensors_path, index_path = self.paths(key)
-        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
-        atomic_write(tensors_path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
-        write_json_atomic(
-            index_path,
-            {
-                **description,
-                "key": key,
-                "num_samples": len(labels),
-                "feature_shape": list(features.shape[1:]),
-                "dtype": str(features.dtype),
-            },
+        self.store.save(
+            key,
+            {"features": features, "labels": labels},
+            {**description, "num_samples": len(labels), "feature_shape": list(features.shape[1:]),
+             "dtype": str(features.dtype)},
         )
 
 

@@ -7,7 +7,8 @@ size, mtime_ns), as make and rsync do: a stat per file instead of reading every 
 (even `touch`) changes its key. Only a replacement keeping both size and mtime would go unnoticed.
 
 Cache layout: the entries of a `FeatureStore` (vitcls.data.feature_store): `<cache_dir>/<key>.safetensors` (the
-tensors) and `<key>.json` (what the key stands for and a checksum, written last).
+tensors) and `<key>.json` (what the key stands for and a checksum, written last), checked on load, filled by one
+process at a time, replaced when bad. Augmented views of the training images are served by `ViewsDataset`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from vitcls.data.feature_store import FeatureStore
 from vitcls.data.folder import Sample
 
 log = logging.getLogger(__name__)
@@ -48,30 +48,6 @@ def files_fingerprint(samples: list[Sample], root: Path) -> list[list]:
 def cache_key(fingerprint: dict[str, Any], files: list[list]) -> str:
     payload = json.dumps({"features": fingerprint, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-class FeatureCache:
-    """(features, labels) entries of a FeatureStore, which checks them on load and replaces bad ones."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.store = FeatureStore(directory)
-        self.directory = self.store.directory
-
-    def paths(self, key: str) -> tuple[Path, Path]:
-        return self.store.paths(key)
-
-    def load(self, key: str) -> tuple[Tensor, Tensor] | None:
-        """The stored tensors, memory-mapped (read from disk as they are used), or None (absent or bad)."""
-        tensors = self.store.load(key)
-        return None if tensors is None else (tensors["features"], tensors["labels"])
-
-    def save(self, key: str, features: Tensor, labels: Tensor, description: dict[str, Any]) -> None:
-        self.store.save(
-            key,
-            {"features": features, "labels": labels},
-            {**description, "num_samples": len(labels), "feature_shape": list(features.shape[1:]),
-             "dtype": str(features.dtype)},
-        )
 
 
 @torch.no_grad()

@@ -42,7 +42,6 @@ from vitcls.data.feature_cache import (
     FORMAT_VERSION,
     SPLITS,
     TOKEN_DTYPES,
-    FeatureCache,
     ViewsDataset,
     cache_key,
     encode_splits,
@@ -50,6 +49,7 @@ from vitcls.data.feature_cache import (
     view_offsets,
     view_seed,
 )
+from vitcls.data.feature_store import FeatureStore
 from vitcls.data.folder import Sample
 from vitcls.errors import ConfigError
 from vitcls.models.features import TapSet
@@ -74,7 +74,8 @@ def training_inputs(
         return images
     check_cacheable(images, module)
     block = first_trainable_block(module.net.backbone)
-    cache = FeatureCache(cfg.feature_cache.dir)
+    cache = FeatureStore(cfg.feature_cache.dir, verify=cfg.feature_cache.get("verify"),
+                         lock_timeout_s=cfg.feature_cache.get("lock_timeout_s", 4 * 3600))
     views = int(cfg.feature_cache.get("views", 1))
     if block is None:
         batches = cached_features(images, module, trainer, cache, views)
@@ -245,60 +246,60 @@ def _description(images: ImageFolderDataModule, module: ClassifierModule, split:
             "views": split.views, **what}
 
 
-def cached_features(images: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer, cache: FeatureCache,
+def cached_features(images: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer, cache: FeatureStore,
                     views: int = 1) -> ImageFolderDataModule:
-    """Every (tap, split) of the network from the cache, the missing ones computed in one backbone pass."""
+    """Every (tap, split) of the network from the cache; the missing ones computed in one backbone pass, by one
+    process at a time (another process filling the same entries is waited for)."""
     splits = cached_splits(images, views)
     taps = module.net.taps.taps
     keys = feature_keys(images, module, str(trainer.precision), views)
-    found = [{split.name: cache.load(tap_keys[split.name]) for split in splits} for tap_keys in keys]
-    loaded = sum(entry is not None for entries in found for entry in entries.values())
-    missing_taps = [i for i, entries in enumerate(found) if any(v is None for v in entries.values())]
-    if missing_taps:
-        missing = [split for split in splits if any(found[i][split.name] is None for i in missing_taps)]
-        log.info("feature cache: computing %d feature taps of %s", len(missing_taps),
-                 ", ".join(f"{len(s.samples)} {s.name}" + (f" x {s.views} views" if s.views else "") for s in missing))
-        tap_set = TapSet([taps[i] for i in missing_taps])
-        computed = _encode(images, module, trainer, missing, lambda batch: module.net.features_with(tap_set, batch))
-        for split in missing:
+    where = {tap_keys[split.name]: (index, split) for index, tap_keys in enumerate(keys) for split in splits}
+
+    def compute(missing: list[str]) -> dict[str, tuple[dict[str, Tensor], dict[str, Any]]]:
+        tap_indices = sorted({where[key][0] for key in missing})
+        needed = [split for split in splits if any(where[key][1] is split for key in missing)]
+        log.info("feature cache: computing %d feature taps of %s", len(tap_indices),
+                 ", ".join(f"{len(s.samples)} {s.name}" + (f" x {s.views} views" if s.views else "") for s in needed))
+        tap_set = TapSet([taps[i] for i in tap_indices])
+        computed = _encode(images, module, trainer, needed, lambda batch: module.net.features_with(tap_set, batch))
+        entries = {}
+        for key in missing:
+            index, split = where[key]
             features, labels = computed[split.name]
-            for position, index in enumerate(missing_taps):
-                if found[index][split.name] is None:
-                    cache.save(keys[index][split.name], features[position], labels,
-                               _description(images, module, split, tap=taps[index].settings))
-                    found[index][split.name] = (features[position], labels)
-    log.info("feature cache: %d taps x %d splits ready (%d loaded from %s)", len(keys), len(SPLITS), loaded,
-             cache.directory)
-    tensors = {s.name: [entries[s.name][0] for entries in found] for s in splits}
-    labels = {s.name: found[0][s.name][1] for s in splits}
+            entries[key] = ({"features": features[tap_indices.index(index)], "labels": labels},
+                            _description(images, module, split, tap=taps[index].settings))
+        return entries
+
+    found = cache.fill(list(where), compute)
+    log.info("feature cache: %d taps x %d splits ready in %s", len(keys), len(SPLITS), cache.directory)
+    tensors = {s.name: [found[tap_keys[s.name]]["features"] for tap_keys in keys] for s in splits}
+    labels = {s.name: found[keys[0][s.name]]["labels"] for s in splits}
     return _served(images, splits, tensors, labels)
 
 
-def cached_tokens(images: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer, cache: FeatureCache,
+def cached_tokens(images: ImageFolderDataModule, module: ClassifierModule, trainer: L.Trainer, cache: FeatureStore,
                   block: int, token_dtype: str, views: int = 1) -> ImageFolderDataModule:
-    """The tokens entering `block` for every split, from the cache or computed in one pass."""
+    """The tokens entering `block` for every split, from the cache or computed in one pass (one process at a
+    time)."""
     if token_dtype not in TOKEN_DTYPES:
         raise ConfigError(f"feature_cache.token_dtype={token_dtype!r} is not allowed: one of {list(TOKEN_DTYPES)}")
     module.net.taps.check_split(module.net.backbone, block)
     splits = cached_splits(images, views)
     keys = token_keys(images, module, str(trainer.precision), block, token_dtype, views)
-    found = {split.name: cache.load(keys[split.name]) for split in splits}
-    for name, entry in found.items():
-        if entry is not None:
-            log.info("feature cache: %s tokens entering block %d loaded from %s", name, block, cache.paths(keys[name])[0])
-    missing = [split for split in splits if found[split.name] is None]
-    if missing:
+    split_of = {keys[split.name]: split for split in splits}
+
+    def compute(missing: list[str]) -> dict[str, tuple[dict[str, Tensor], dict[str, Any]]]:
+        needed = [split_of[key] for key in missing]
         log.info("feature cache: computing the tokens entering block %d of %s", block,
-                 ", ".join(f"{len(s.samples)} {s.name}" + (f" x {s.views} views" if s.views else "") for s in missing))
+                 ", ".join(f"{len(s.samples)} {s.name}" + (f" x {s.views} views" if s.views else "") for s in needed))
         dtype = getattr(torch, token_dtype)
-        computed = _encode(images, module, trainer, missing,
+        computed = _encode(images, module, trainer, needed,
                            lambda batch: [module.net.tokens_before(batch, block).to(dtype)])
-        for split in missing:
-            (tokens,), labels = computed[split.name]
-            cache.save(keys[split.name], tokens, labels,
-                       _description(images, module, split, tokens_entering_block=block))
-        # Served from the memory-mapped files, as a later run will be.
-        found.update({split.name: cache.load(keys[split.name]) for split in missing})
-    tensors = {name: [entry[0]] for name, entry in found.items()}
-    labels = {name: entry[1] for name, entry in found.items()}
+        return {keys[split.name]: ({"features": computed[split.name][0][0], "labels": computed[split.name][1]},
+                                   _description(images, module, split, tokens_entering_block=block))
+                for split in needed}
+
+    found = cache.fill(list(split_of), compute)
+    tensors = {split.name: [found[keys[split.name]]["features"]] for split in splits}
+    labels = {split.name: found[keys[split.name]]["labels"] for split in splits}
     return _served(images, splits, tensors, labels)

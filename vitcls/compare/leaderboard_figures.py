@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vitcls.compare.figures import save_figure
-from vitcls.compare.leaderboard_outputs import dataset_header, wins_text
+from vitcls.compare.vs_best import BEST
 
 _TEXT = {"parse_math": False, "usetex": False}  # names are drawn as typed
 _ROW_INCHES = 0.26
@@ -30,6 +30,20 @@ _MISSING = "–"
 _LEGEND_ROWS = 22  # legend entries per column of the few-shot figure
 _LINE_STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D")
+
+
+def wins_text(row: dict[str, Any]) -> str:
+    """W/N/L against the best ('best' for it), untested datasets after them; blank when not ranked."""
+    if row["vs_best"] == BEST:
+        return "best"
+    if row["wins"] is None:
+        return ""
+    text = f"{row['wins']}/{row['not_distinguishable']}/{row['losses']}"
+    return text + (f" ({row['unknown']} untested)" if row["unknown"] else "")
+
+
+def dataset_header(board: dict[str, Any], dataset: str) -> str:
+    return f"{dataset} (FAILED)" if dataset in board["failed"] else dataset
 
 
 def _row_label(row: dict[str, Any]) -> str:

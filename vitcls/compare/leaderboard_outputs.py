@@ -9,8 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vitcls.compare.leaderboard_figures import (
+    dataset_header,
+    save_few_shot_chart,
+    save_leaderboard_chart,
+    wins_text,
+)
 from vitcls.compare.outputs import csv_text, markdown
-from vitcls.compare.vs_best import BEST
 from vitcls.io import write_text_atomic
 
 _DIGITS = 3
@@ -24,20 +29,6 @@ def _with_interval(value: float | None, ci: Sequence[float] | None) -> str:
     if value is None:
         return ""
     return _value(value) + ("" if ci is None else f" [{_value(ci[0])}, {_value(ci[1])}]")
-
-
-def wins_text(row: dict[str, Any]) -> str:
-    """W/N/L against the best ('best' for it), untested datasets after them; blank when not ranked."""
-    if row["vs_best"] == BEST:
-        return "best"
-    if row["wins"] is None:
-        return ""
-    text = f"{row['wins']}/{row['not_distinguishable']}/{row['losses']}"
-    return text + (f" ({row['unknown']} untested)" if row["unknown"] else "")
-
-
-def dataset_header(board: dict[str, Any], dataset: str) -> str:
-    return f"{dataset} (FAILED)" if dataset in board["failed"] else dataset
 
 
 def csv_rows(board: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,7 +114,6 @@ def few_shot_filename(dataset: str) -> str:
 def write_leaderboard(board: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write leaderboard.json/.csv/.md/.png and few_shot_<dataset>.png per dataset with few-shot results;
     return {kind: path} (few-shot figures as `few_shot/<dataset>`)."""
-    from vitcls.compare.leaderboard_figures import save_few_shot_chart, save_leaderboard_chart
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,8 @@ def load_bank_heads(run: Run, bank: dict[str, Any]) -> list[Run]:
         heads.append(Run(
             name=f"{run.name}[{head['name']}]",
             directory=run.directory,
-            settings={**run.settings, **parse_overrides(head.get("overrides") or [])},
+            settings=({**run.settings, **parse_overrides(head.get("overrides") or [])}
+                      if head.get("protocol", "head") == "head" else {**run.settings, "protocol": head["protocol"]}),
             status="ok" if head.get("status") == "ok" else "failed",
             metrics={split: {k: float(v) for k, v in (head.get(split) or {}).items() if v is not None}
                      for split in SPLITS},

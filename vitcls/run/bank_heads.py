@@ -26,6 +26,7 @@ from vitcls.models.lightning_module import ClassifierModule
 from vitcls.run.layout import BANK_FILE
 
 STATUS_OK = "ok"
+HEAD = "head"  # the protocol of a trained head; a probe's is its name (knn, logreg)
 
 
 def rank_heads(heads: Sequence[dict[str, Any]], monitor: str, maximize: bool) -> list[int]:
@@ -42,8 +43,11 @@ def rank_heads(heads: Sequence[dict[str, Any]], monitor: str, maximize: bool) ->
 
 
 def select_head(heads: Sequence[dict[str, Any]], monitor: str, maximize: bool) -> int | None:
-    order = rank_heads(heads, monitor, maximize)
-    first = heads[order[0]] if order else None
+    """The trained head ranked first (probes are ranked beside the heads, never selected: there is no network to
+    export)."""
+    trained = [head for head in heads if head.get("protocol", HEAD) == HEAD]
+    order = rank_heads(trained, monitor, maximize)
+    first = next((head for head in trained if head["index"] == order[0]), None) if order else None
     if first is None or first["status"] != STATUS_OK or (first.get("val") or {}).get(monitor.removeprefix("val/")) is None:
         return None
     return first["index"]
@@ -55,13 +59,18 @@ def head_rows(heads: Sequence[dict[str, Any]], selected: int | None) -> list[dic
     rows = []
     for head in heads:
         design = head["design"]
-        settings = {k: v for k, v in design["head"].items() if k not in ("name", "module")}
+        protocol = head.get("protocol", HEAD)
+        if protocol == HEAD:
+            settings = {k: v for k, v in design["head"].items() if k not in ("name", "module")}
+            kind, tap, lr, decay = design["head"]["name"], design["tap"]["features"], design["lr"], design["weight_decay"]
+            trainable = head["params"]["trainable"]
+        else:
+            settings, kind, tap, lr, decay, trainable = design["chosen"], protocol, design["tap"], None, None, None
         row = {
             "rank": head["rank"], "index": head["index"], "name": head["name"], "selected": head["index"] == selected,
-            "status": head["status"], "head": design["head"]["name"],
+            "status": head["status"], "protocol": protocol, "head": kind,
             "head_settings": ",".join(f"{k}={v}" for k, v in settings.items()),
-            "tap": design["tap"]["features"], "lr": design["lr"], "weight_decay": design["weight_decay"],
-            "params_trainable": head["params"]["trainable"], "best_epoch": head["best_epoch"],
+            "tap": tap, "lr": lr, "weight_decay": decay, "params_trainable": trainable, "best_epoch": head["best_epoch"],
         }
         for split in ("val", "test"):
             row.update({f"{split}_{name}": (head.get(split) or {}).get(name) for name in names})
@@ -86,7 +95,8 @@ def markdown_table(report: dict[str, Any], metrics: Sequence[str] = ("f1_macro",
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in head_rows(report["heads"], (report.get("selected") or {}).get("index"))[:limit]:
         name = row["name"] + (" **(selected)**" if row["selected"] else "") + ("" if row["status"] == STATUS_OK else " (stopped)")
-        cells = [str(row["rank"]), name, f"{row['params_trainable']:,}", str(row["best_epoch"])]
+        params = "" if row["params_trainable"] is None else f"{row['params_trainable']:,}"
+        cells = [str(row["rank"]), name, params, "" if row["best_epoch"] is None else str(row["best_epoch"])]
         cells += ["" if row[f"{s}_{m}"] is None else f"{row[f'{s}_{m}']:.3f}" for s in ("val", "test") for m in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -142,6 +152,8 @@ def find_head(bank: dict[str, Any], head: str | None) -> dict[str, Any]:
         return heads[bank["selected"]["index"]]
     for entry in heads:
         if head in (entry["name"], str(entry["index"])):
+            if entry.get("protocol", HEAD) != HEAD:
+                raise ConfigError(f"--bank-head {head!r} is a {entry['protocol']} probe, not a network: export a head")
             return entry
     shown = ", ".join(f"{e['index']}: {e['name']}" for e in heads[:12]) + (" ..." if len(heads) > 12 else "")
     raise ConfigError(f"--bank-head {head!r}: no head of that name or index in this bank ({shown})")

@@ -14,6 +14,9 @@
     <run_dir>/bank.json, bank.csv, bank.png   every head: settings, the overrides that train it alone, best epoch,
                                               val and test metrics; the one selected on validation
     <run_dir>/heads/<NN>/            per head: val/test predictions, test confusion matrix, head.safetensors
+  with probes (k-NN, logistic regression on the cached features):
+    <run_dir>/probes/<name>/         val/test predictions, probe.json (the chosen hyperparameter, every candidate)
+    (a bank lists them in bank.json beside the heads; a lone run in probes.json)
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ BANK_CSV = "bank.csv"
 BANK_FIGURE = "bank.png"
 HEADS_DIR = "heads"
 HEAD_WEIGHTS = "head.safetensors"
+PROBES_DIR = "probes"
+PROBE_FILE = "probe.json"
+PROBES_TABLE = "probes.json"
 
 
 def head_dir_name(index: int, count: int) -> str:

@@ -71,7 +71,7 @@ def run(cfg: DictConfig, study: Study) -> dict[str, Any]:
     batches = training_inputs(cfg, datamodule, module, trainer)
     fit_s = fit_and_test(trainer, module, batches, plan.ckpt_path, study)
     return study.report(TrainedRun(cfg, run_dir, trainer, module, datamodule, designs, layout, fit_s, plan.ckpt_path,
-                                   started))
+                                   started, batches))
 
 
 # --- plan ----------------------------------------------------------------------------------------------

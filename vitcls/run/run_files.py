@@ -43,6 +43,7 @@ class TrainedRun:
     fit_s: float
     resumed_from: str | None
     started: float
+    batches: ImageFolderDataModule  # what the heads trained on: images, or cached features / tokens
     _skipped: dict[str, str] | None = field(default=None, repr=False)
 
     @property

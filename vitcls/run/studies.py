@@ -29,6 +29,7 @@ from vitcls.models.lightning_module import ClassifierModule
 from vitcls.reporting.plots import save_bank_chart
 from vitcls.reporting.publish import publish_results
 from vitcls.run.bank_heads import (
+    HEAD,
     STATUS_OK,
     csv_text,
     export_bank_head,
@@ -48,10 +49,12 @@ from vitcls.run.layout import (
     CHECKPOINT_DIR,
     HEAD_WEIGHTS,
     HEADS_DIR,
+    PROBES_TABLE,
     SELECTED_CHECKPOINT,
     SUMMARY_FILE,
     head_dir_name,
 )
+from vitcls.run.probing import configured_probes, probe_rows
 from vitcls.run.run_files import (
     TrainedRun,
     head_results,
@@ -122,6 +125,11 @@ class LoneRun(Study):
         confusion = write_test_confusion(trained, 0, run_dir)
         paths.update({f"test_confusion_matrix_{k}": str(v) for k, v in confusion.items()})
         figures = {"test_confusion_matrix": confusion["png"]} if "png" in confusion else {}
+        probes = configured_probes(trained.cfg)
+        if probes:
+            rows = probe_rows(trained, trained.batches, probes, trained.cfg.probe_tap, first_index=1)
+            paths["probes_json"] = str(write_json_atomic(run_dir / PROBES_TABLE, rows))
+            summary["probes"] = {row["name"]: {"val": row["val"], "test": row["test"]} for row in rows}
         publish_results(trained.trainer.loggers, run_results(trained, summary, [head_results(trained, 0)], 0, figures))
         export = trained.cfg.get("export")
         if export and export.enabled and summary["best_ckpt"]:
@@ -194,6 +202,7 @@ class HeadBank(Study):
             heads.append({
                 "index": index,
                 "name": design.name,
+                "protocol": HEAD,
                 "status": STATUS_OK if stopped is None else f"stopped: {stopped}",
                 "design": {"head": design.head, "tap": module.net.config["heads"][index]["tap"], "lr": design.lr,
                            "weight_decay": design.weight_decay},
@@ -204,6 +213,9 @@ class HeadBank(Study):
                 "val": trained.metrics("val", index),
                 "test": trained.metrics("test", index),
             })
+        probes = configured_probes(cfg)
+        if probes:
+            heads += probe_rows(trained, trained.batches, probes, cfg.probe_tap, first_index=len(heads))
         for rank, index in enumerate(rank_heads(heads, cfg.monitor, module.maximize), start=1):
             heads[index]["rank"] = rank
         return heads
@@ -238,7 +250,7 @@ class HeadBank(Study):
         }
         if not trainer.is_global_zero:
             return summary
-        self.write_heads(trained, heads)
+        self.write_heads(trained, [head for head in heads if head["protocol"] == HEAD])
         paths = summary["paths"]
         save_checkpoint(head_checkpoint(module, selected, dict(trained.datamodule.hparams), trainer.global_step),
                         run_dir / CHECKPOINT_DIR / SELECTED_CHECKPOINT)
@@ -251,8 +263,8 @@ class HeadBank(Study):
         paths["bank_csv"] = str(write_text_atomic(run_dir / BANK_CSV, csv_text(rows)))
         paths["bank_png"] = str(save_bank_chart(report, run_dir / BANK_FIGURE))
         figures = {"bank": Path(paths["bank_png"]), **({"test_confusion_matrix": confusion["png"]} if "png" in confusion else {})}
-        results = run_results(trained, summary, [head_results(trained, h["index"], h) for h in heads], selected,
-                              figures, rows)
+        results = run_results(trained, summary, [head_results(trained, h["index"], h) for h in heads
+                                                 if h["protocol"] == HEAD], selected, figures, rows)
         publish_results(trainer.loggers, results)
         export = cfg.get("export")
         if export and export.enabled:

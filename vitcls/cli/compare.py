@@ -7,6 +7,7 @@ the spread over seeds, never narrower than the Wilson interval of acc), and its 
 designs tested) and vs_best (best, better, worse, not distinguishable, unknown). A verdict line under the
 table sums it up. Designs are never ranked by a test metric. Failed and unfinished jobs are listed.
 Writes compare.csv, compare.md, compare.json, compare.png and the per-job compare_jobs.csv/.md.
+Given a suite directory (python train.py suite=<name>), writes its leaderboard across datasets instead.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
+    from vitcls.suite.board import is_suite, write_suite_leaderboard
+
+    if is_suite(args.sweep_dir):  # a suite directory: its leaderboard across datasets
+        board, files = write_suite_leaderboard(args.sweep_dir, resamples=args.bootstrap)
+        print(Path(files["markdown"]).read_text(), end="")
+        print("\n" + "\n".join(f"wrote {path}" for path in files.values()))
+        return
     from vitcls.compare import compare
 
     text, files = compare(

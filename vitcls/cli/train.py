@@ -10,19 +10,24 @@ from vitcls.cli.hydra_job import hydra_entry_point
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """A lone run, or with `bank=<preset>` a head bank: the study is chosen here, the lifecycle is the same.
-    Returns the run's summary."""
+    """A lone run, with `bank=<preset>` a head bank, with `suite=<name>` one dataset's job of a suite: chosen here,
+    and each runs the same lifecycle. Returns the run's summary (a suite job: its record of cells)."""
     from vitcls.config import import_modules
+
+    import_modules(list(cfg.get("imports") or []), "imports")
+    if cfg.get("suite") is not None:
+        from vitcls.suite.job import run_dataset
+
+        return run_dataset(cfg)
     from vitcls.run.lifecycle import run
     from vitcls.run.studies import study_of
 
-    import_modules(list(cfg.get("imports") or []), "imports")
     return run(cfg, study_of(cfg))
 
 
 def train(cfg: DictConfig) -> float | None:
     # Hydra sweepers that optimise a value get the monitored validation score, never a test metric.
-    return run_training(cfg)["best_val_score"]
+    return run_training(cfg).get("best_val_score")
 
 
 def main() -> None:

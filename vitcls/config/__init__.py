@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,33 @@ def _precision_preset(accelerator: str) -> str:
     return precision_preset(accelerator)
 
 
+def shared_data(name: str) -> str:
+    """A dataset of the shared folder beside the repository (`../shared/data/<name>`, as the tests find them), or
+    under $VITCLS_SHARED_DATA."""
+    base = os.environ.get("VITCLS_SHARED_DATA")
+    root = Path(base) if base else PACKAGE_DIR.parent.parent / "shared" / "data"
+    if not base and not root.is_dir():  # an installed package: beside the working directory
+        root = Path.cwd().parent / "shared" / "data"
+    return str(root / name)
+
+
+def _keys(mapping: Any) -> str:
+    """The keys of a mapping as a Hydra sweep list (`a,b,c`): a suite's datasets, one job each."""
+    keys = list(mapping or {})
+    return ",".join(keys) if keys else ""
+
+
 def register_resolvers() -> None:
     """`${vitcls.precision:...}` (conf/trainer), `${vitcls.better_is:...}` (conf/callbacks),
-    `${vitcls.optuna_direction:...}` (conf/sweep) and `${vitcls.sweep_job_dir:}` (conf/hydra)."""
+    `${vitcls.optuna_direction:...}` (conf/sweep), `${vitcls.sweep_job_dir:}` (conf/hydra),
+    `${vitcls.shared_data:...}` and `${vitcls.keys:...}` (conf/suite)."""
     resolvers = (
         ("vitcls.precision", _precision_preset),
         ("vitcls.better_is", _better_is),
         ("vitcls.optuna_direction", optuna_direction),
         ("vitcls.sweep_job_dir", _sweep_job_dir),
+        ("vitcls.shared_data", shared_data),
+        ("vitcls.keys", _keys),
     )
     for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -39,6 +39,11 @@ class ResultSink:
     def log_results(self, results: RunResults) -> None:
         """A finished run's results (rank zero only)."""
 
+    def log_report(self, name: str, rows: Sequence[dict[str, Any]], figures: dict[str, Path],
+                   summary: dict[str, Any]) -> None:
+        """A table (one dict per row), figures (name -> PNG) and summary values in this logger's run: a suite's
+        per-dataset table, its leaderboard."""
+
     @classmethod
     def log_comparison(cls, sweep_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], figure: Path,
                        title: str) -> Path:

@@ -187,6 +187,19 @@ class VitclsWandbLogger(WandbLogger, ResultSink):
         if self.bank_head_runs:
             _log_head_runs(self, results.history, [head.record for head in results.heads])
 
+    @rank_zero_only
+    def log_report(self, name: str, rows: Sequence[dict[str, Any]], figures: dict[str, Path],
+                   summary: dict[str, Any]) -> None:
+        import wandb
+
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        cell = lambda value: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)  # noqa: E731
+        logs: dict[str, Any] = {f"{name}/table": wandb.Table(columns=columns,
+                                                             data=[[cell(row.get(c)) for c in columns] for row in rows])}
+        logs.update({f"{name}/{figure}": wandb.Image(str(path)) for figure, path in figures.items()})
+        self.experiment.log(logs)
+        self.experiment.summary.update({f"{name}/{key}": value for key, value in summary.items()})
+
     @classmethod
     def log_comparison(cls, sweep_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], figure: Path,
                        title: str) -> Path:

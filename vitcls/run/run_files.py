@@ -71,6 +71,7 @@ def summarise(trained: TrainedRun, index: int, best_ckpt: str | None, best_epoch
     if best_epoch is None:
         log.warning("no best epoch (no validation selected one): the test metrics are those of the last weights")
     return {
+        "design": trained.module.names[index],
         "class_names": datamodule.class_names,
         "best_ckpt": best_ckpt,
         "best_epoch": best_epoch,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_kinds import CPU_KINDS, fake_cpu_machine
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -38,6 +39,14 @@ def own_wandb_service_per_process(monkeypatch):
     run then fails with "run ID ... is in use"). Every process a test starts gets a service of its own, as for
     a user."""
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+@pytest.fixture(params=list(CPU_KINDS))
+def cpu_kind(request, monkeypatch):
+    """The test runs once per CPU kind (AVX2 only, AVX-512 without AMX, AMX bf16), on a faked CPU-only machine."""
+    kind = CPU_KINDS[request.param]
+    fake_cpu_machine(monkeypatch, kind)
+    return kind
 
 
 @pytest.fixture(scope="session")

@@ -249,11 +249,13 @@ def test_model_options_share_one_base():
         assert cfg.model.train_blocks == "all" and option.removeprefix("vit_") in cfg.model.name
 
 
-def test_a_sweep_without_multirun_fails_and_says_to_add_m():
-    result = run_cli("train.py", "sweep=heads", "model.pretrained=false", expect_success=False)
+def test_a_sweep_without_multirun_fails_and_says_to_add_m(tmp_path):
+    result = run_cli("train.py", "sweep=heads", "model.pretrained=false", f"hydra.run.dir={tmp_path / 'run'}",
+                     expect_success=False)
     assert result.returncode == 2
     assert "add -m" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "FAILED.json").is_file()
 
 
 def test_sweeps_live_in_their_own_group():

@@ -58,8 +58,8 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
-    result = check([installed / "bin" / "python", "-c", "import vitcls.config as c; print(c.__file__, c.config_dir())"],
-                   cwd=tmp_path)
+    result = check([installed / "bin" / "python", "-c",
+                    "import vitcls, vitcls.config as c; print(vitcls.__file__, c.config_dir())"], cwd=tmp_path)
     module_file, conf = result.stdout.split()
     assert str(installed) in module_file and Path(conf) == Path(module_file).parent / "conf"
 

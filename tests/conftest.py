@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from checkout_guard import CheckoutGuard
+from cpu_kinds import CPU_KINDS, fake_cpu_machine
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -18,6 +22,31 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = config_dir()
 register_resolvers()
 FRUITS_ROOT = Path(os.environ.get("FRUITS360_ROOT", REPO_ROOT.parent / "shared" / "data" / "fruits360-10"))
+
+_checkout_guard = CheckoutGuard(REPO_ROOT)
+
+
+def pytest_sessionstart(session):
+    _checkout_guard.start()
+    # Hypothesis would keep its examples and caches in ./.hypothesis: pytest's cache directory holds them instead.
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        cache = session.config.cache if hasattr(session.config, "cache") else None
+        storage = cache.mkdir("hypothesis") if cache else Path(tempfile.mkdtemp(prefix="vitcls-tests-hypothesis-"))
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(storage)
+        if not cache:
+            session.config.add_cleanup(lambda: shutil.rmtree(storage, ignore_errors=True))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _checkout_guard.finish() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _checkout_guard.new:
+        terminalreporter.write_sep("=", "files left in the checkout", red=True)
+        terminalreporter.write_line(_checkout_guard.report(), red=True)
+
 
 # Small settings that keep CPU runs short: vit_tiny at 32px is 4 patches + CLS.
 FAST_OVERRIDES = [
@@ -38,6 +67,14 @@ def own_wandb_service_per_process(monkeypatch):
     run then fails with "run ID ... is in use"). Every process a test starts gets a service of its own, as for
     a user."""
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+@pytest.fixture(params=list(CPU_KINDS))
+def cpu_kind(request, monkeypatch):
+    """The test runs once per CPU kind (AVX2 only, AVX-512 without AMX, AMX bf16), on a faked CPU-only machine."""
+    kind = CPU_KINDS[request.param]
+    fake_cpu_machine(monkeypatch, kind)
+    return kind
 
 
 @pytest.fixture(scope="session")

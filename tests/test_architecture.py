@@ -17,12 +17,14 @@ from conftest import CONF_DIR, REPO_ROOT, compose_config, run_cli
 from omegaconf import DictConfig
 
 HEAVY = ("lightning", "hydra", "matplotlib", "wandb", "transformers")
+# What a console script needs only once a job runs.
+JOB_ONLY = ("torch", "timm", "lightning", "torchmetrics", "matplotlib", "wandb")
 PACKAGE = REPO_ROOT / "vitcls"
 
 
-def loaded_heavy_packages(code: str) -> list[str]:
-    """The heavy packages in sys.modules after running `code` in a fresh interpreter."""
-    probe = f"{code}\nimport sys\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+def loaded_heavy_packages(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The `heavy` packages in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r}))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return ast.literal_eval(result.stdout.strip().splitlines()[-1])
@@ -41,14 +43,28 @@ def test_predict_command_imports_no_training_stack():
     assert loaded_heavy_packages(code) == []
 
 
+@pytest.mark.parametrize("script", ["train", "eval"])
+@pytest.mark.parametrize("argv", [["--help"], ["trainer=no_such_trainer"]], ids=["help", "config_error"])
+def test_help_and_a_config_that_does_not_compose_import_nothing_a_job_needs(script, argv):
+    code = (f"import sys\nsys.argv = ['{script}.py', *{argv!r}]\nfrom vitcls.cli.{script} import main\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    print('exit code', stop.code)")
+    assert loaded_heavy_packages(code, JOB_ONLY) == []
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    help_asked = argv == ["--help"]
+    assert ("== Config ==" in result.stdout) == help_asked
+    assert result.stdout.strip().endswith("exit code 0" if help_asked else "exit code 1")
+    assert help_asked or "Could not find 'trainer/no_such_trainer'" in result.stderr
+
+
 def test_wandb_still_imports_after_the_predictor():
     assert loaded_heavy_packages("from vitcls import Predictor\nimport wandb") == ["wandb"]
 
 
-def test_training_start_up_leaves_wandb_to_the_wandb_logger():
-    # timm would import wandb for its own training script (half a second of every train.py/eval.py start-up).
-    code = ("from vitcls.cli.hydra_job import hydra_entry_point\nhydra_entry_point('train', print)\n"
-            "import vitcls.run.lifecycle, vitcls.run.studies, vitcls.cli.eval")
+def test_training_start_up_leaves_wandb_to_the_wandb_logger(tmp_path):
+    # timm would import wandb for its own training script (half a second of every train.py/eval.py job start-up).
+    code = ("import sys\nfrom vitcls.cli.hydra_job import hydra_entry_point\n"
+            "def job(cfg):\n    import vitcls.run.lifecycle, vitcls.run.studies, vitcls.cli.eval\n"
+            f"sys.argv = ['train.py', 'hydra.run.dir={tmp_path}']\nhydra_entry_point('train', job)()")
     assert "wandb" not in loaded_heavy_packages(code)
     assert "wandb" in loaded_heavy_packages(f"{code}\nimport wandb")  # hidden only while timm imports
 
@@ -249,11 +265,13 @@ def test_model_options_share_one_base():
         assert cfg.model.train_blocks == "all" and option.removeprefix("vit_") in cfg.model.name
 
 
-def test_a_sweep_without_multirun_fails_and_says_to_add_m():
-    result = run_cli("train.py", "sweep=heads", "model.pretrained=false", expect_success=False)
+def test_a_sweep_without_multirun_fails_and_says_to_add_m(tmp_path):
+    result = run_cli("train.py", "sweep=heads", "model.pretrained=false", f"hydra.run.dir={tmp_path / 'run'}",
+                     expect_success=False)
     assert result.returncode == 2
     assert "add -m" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "FAILED.json").is_file()
 
 
 def test_sweeps_live_in_their_own_group():

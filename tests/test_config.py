@@ -121,15 +121,9 @@ def test_distributed_trainer_presets(monkeypatch):
     assert (cpu.accelerator, cpu.devices, cpu.strategy) == ("cpu", 2, "ddp")
 
 
-def test_precision_preset_follows_the_hardware():
-    import torch
+def test_precision_preset_follows_the_hardware(cpu_kind):
+    from vitcls.precision import precision_preset
 
-    from vitcls.precision import cpu_has_amx_bf16, precision_preset
-
-    cpu_expected = "bf16-mixed" if cpu_has_amx_bf16() else "32-true"
-    assert precision_preset("cpu") == cpu_expected
-    expected = cpu_expected
-    if torch.cuda.is_available():
-        expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    assert precision_preset("auto") == expected
+    expected = "bf16-mixed" if cpu_kind.amx_bf16 else "32-true"
+    assert precision_preset("cpu") == precision_preset("auto") == expected
     assert compose_config("train", ["data.root=/x", "trainer=gpu"]).trainer.precision == expected

@@ -216,3 +216,23 @@ def test_frozen_blocks_stay_in_eval_mode_through_fit(image_folder_factory, tmp_p
     )
     assert len(RecordBlockModes.seen) == 2  # one batch per epoch, the second after a validation
     assert all(modes == [False] * 10 + [True] * 2 for modes in RecordBlockModes.seen)
+
+
+class PutHeadInEvalMode(Callback):
+    """A module left in eval mode by mistake (the head): Lightning's warning about it must still show."""
+
+    def setup(self, trainer, pl_module, stage):
+        pl_module.net.head.eval()
+
+
+EVAL_MODE_WARNING = "module(s) in eval mode at the start of training"
+
+
+def test_the_eval_mode_warning_is_silenced_for_frozen_blocks_only(image_folder_factory, tmp_path, recwarn):
+    root = image_folder_factory({"a": 4, "b": 4})
+    train_in_process(tmp_path / "frozen", f"data.root={root}", "trainer.max_epochs=1", "model.train_blocks=2")
+    assert not [w for w in recwarn if EVAL_MODE_WARNING in str(w.message)]
+
+    train_in_process(tmp_path / "head_in_eval", f"data.root={root}", "trainer.max_epochs=1", "model.train_blocks=2",
+                     "+callbacks.eval_head._target_=test_finetuning.PutHeadInEvalMode")
+    assert len([w for w in recwarn if EVAL_MODE_WARNING in str(w.message)]) == 1

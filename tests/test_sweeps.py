@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -188,6 +189,30 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, t
     assert [(row["job"], row["status"]) for row in jobs] == [("1", "ok"), ("0", "failed")]
     assert jobs[1]["val/f1_macro"] == "" and jobs[1]["error"].startswith("NonFiniteLossError: the training loss is nan")
     assert "- 0 (optim.lr=1e+36): failed: NonFiniteLossError: the training loss is nan" in result.stdout
+
+
+def test_a_multirun_names_its_sweep_dir_at_launch_and_the_next_commands_at_the_end(image_folder_factory, tmp_path):
+    root = image_folder_factory({"a": 5, "b": 5})
+    logs = tmp_path / "logs"  # the default sweep directory: <log_dir>/train/multiruns/<time of launch>
+    launched = run_script("train.py", "-m", f"data.root={root}", "head=linear,mlp", f"paths.log_dir={logs}", *TINY)
+    (sweep,) = (logs / "train" / "multiruns").iterdir()
+    lines = launched.stdout.splitlines()
+    launch = lines.index(f"sweep directory: {sweep}")
+    assert launch < min(i for i, line in enumerate(lines) if "Launching 2 jobs" in line)
+    end = lines.index(f"sweep finished: {sweep}")
+    resume, compare = (line.split(": ", 1)[1] for line in lines[end + 1:end + 3])
+    assert compare == f"vitcls-compare {sweep}"
+
+    # the printed command goes on with this sweep: both jobs are finished, so nothing runs again
+    summaries = {job: (job / "summary.json").read_bytes() for job in (sweep / "0", sweep / "1")}
+    words = shlex.split(resume)
+    assert words[:3] == ["python", "train.py", "-m"] and words[-2:] == [f"hydra.sweep.dir={sweep}", "resume=true"]
+    resumed = run_script(*words[1:])
+    assert f"sweep directory: {sweep}" in resumed.stdout.splitlines()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert {job: (job / "summary.json").read_bytes() for job in summaries} == summaries
+    run_script("-m", "vitcls.cli.compare", str(sweep))
+    assert len(read_csv(sweep / "compare.csv")) == 2
 
 
 def test_without_continue_on_failure_the_sweep_stops_at_the_first_failure(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
-from conftest import FAST_OVERRIDES, compose_config
+from conftest import FAST_OVERRIDES, REPO_ROOT, compose_config
 from wandb_records import offline_runs
 
 from vitcls.cli.train import run_training as run
@@ -46,6 +48,34 @@ def test_with_a_key_but_no_reachable_server_the_run_is_written_offline(wandb_env
         logger = create_wandb_logger(project="vitcls-test", save_dir=str(tmp_path))
     assert "the W&B server is not reachable: logging W&B offline" in caplog.text
     assert logger.experiment.offline
+
+
+WANDB_RUN = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING)
+from vitcls.loggers.wandb import create_wandb_logger, finish_wandb
+logger = create_wandb_logger(project="vitcls-test", save_dir=sys.argv[1], quiet=sys.argv[2] == "quiet")
+logger.experiment.log({"a": 1.0}, step=5)
+logger.experiment.log({"a": 2.0}, step=1)  # W&B ignores it, with a warning
+finish_wandb(exit_code=0)
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_wandb_prints_no_banner_or_panels_but_still_its_warnings(wandb_env, tmp_path, quiet):
+    """In a process of its own: W&B keeps its output settings for the process once a run has started."""
+    wandb_env.delenv("WANDB_SILENT")
+    result = subprocess.run([sys.executable, "-c", WANDB_RUN, str(tmp_path), "quiet" if quiet else "verbose"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    wandb_lines = [line for line in output.splitlines() if line.startswith("wandb:")]
+    assert output.count("logging W&B offline; upload later with `wandb sync`") == 1
+    assert any("WARNING Tried to log to step 1 that is less than the current step 5" in line for line in wandb_lines)
+    panels = [line for line in wandb_lines if "Tracking run with wandb version" in line or "Run summary:" in line]
+    assert bool(panels) != quiet
+    if quiet:
+        assert len(wandb_lines) <= 4, wandb_lines  # the offline notice (where the run is saved) and the warning
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
+TOP_LEVEL_OUTPUTS = ("build", "dist", "outputs", "multirun", "wandb", "data", "lightning_logs")
 
 
 def check(command: list, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -28,7 +30,14 @@ def installed(tmp_path_factory) -> Path:
     """A fresh virtual environment with the vitcls wheel installed (--no-deps); its dependencies come from the
     test environment's site-packages through a .pth file."""
     work = tmp_path_factory.mktemp("wheel")
-    check([sys.executable, "-m", "pip", "wheel", REPO_ROOT, "--no-deps", "--no-build-isolation", "-w", work / "dist"],
+    # setuptools builds in the source tree (build/, vitcls.egg-info/): build a copy, not the checkout
+    source = work / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=lambda folder, names: [
+        name for name in names
+        if name in ("__pycache__", ".pytest_cache", ".ruff_cache") or name.endswith(".egg-info")
+        or (Path(folder) == REPO_ROOT and (name.startswith(".") or name in TOP_LEVEL_OUTPUTS))
+    ])
+    check([sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-w", work / "dist"],
           cwd=work)
     wheel = next((work / "dist").glob("vitcls-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -49,8 +58,8 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
-    result = check([installed / "bin" / "python", "-c", "import vitcls.config as c; print(c.__file__, c.config_dir())"],
-                   cwd=tmp_path)
+    result = check([installed / "bin" / "python", "-c",
+                    "import vitcls, vitcls.config as c; print(vitcls.__file__, c.config_dir())"], cwd=tmp_path)
     module_file, conf = result.stdout.split()
     assert str(installed) in module_file and Path(conf) == Path(module_file).parent / "conf"
 

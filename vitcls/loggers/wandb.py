@@ -279,6 +279,7 @@ def create_wandb_logger(
     resume_from: str | None = None,
     save_dir: str = ".",
     log_model: bool | str = False,
+    quiet: bool = True,
     **kwargs: Any,
 ) -> VitclsWandbLogger:
     """A W&B logger that goes offline without an API key or network, and knows its sweep.
@@ -287,7 +288,13 @@ def create_wandb_logger(
     credentials or without a reachable server the run is written offline (upload it later with
     `wandb sync`). In a Hydra multirun, `group` defaults to the sweep directory and `name` to the
     swept overrides of the job. `resume_from` (a checkpoint) continues the W&B run of its run directory.
+    `quiet` is W&B's setting: no version banner and no history and summary panels at the end (17-35 lines per
+    job); its warnings, errors, the offline notice and the run's URL still show.
     """
+    if quiet and "settings" not in kwargs:
+        import wandb
+
+        kwargs["settings"] = wandb.Settings(quiet=True)
     if offline is None:
         reason = _offline_reason()
         offline = reason is not None
@@ -331,6 +338,7 @@ def _log_head_runs(logger: VitclsWandbLogger, history: Sequence[dict[str, Any]],
             project=logger._wandb_init.get("project"), group=bank_run.group or None, name=head["name"],
             job_type="bank_head", dir=str(logger.save_dir), mode="offline" if logger._offline else "online",
             reinit="create_new",  # leaves the bank's run the active one
+            settings=wandb.Settings(quiet=getattr(logger._wandb_init.get("settings"), "quiet", False)),  # as the bank's
             config={"design": head["name"], "bank_run": bank_run.id, "overrides": head["overrides"],
                     **{f"design/{k}": v for k, v in head["design"].items()}},
         )

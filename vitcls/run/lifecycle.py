@@ -66,8 +66,7 @@ def run(cfg: DictConfig, study: Study) -> dict[str, Any]:
     module = build_module(cfg, designs, datamodule.class_names, layout)
     datamodule.set_data_config(module.data_config)
     record_settings(cfg, trainer, module, datamodule, layout)
-    if module.frozen_backbone_parts:  # frozen blocks are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    quiet_frozen_parts_warning(module)
     batches = training_inputs(cfg, datamodule, module, trainer)
     fit_s = fit_and_test(trainer, module, batches, plan.ckpt_path, study)
     return study.report(TrainedRun(cfg, run_dir, trainer, module, datamodule, designs, layout, fit_s, plan.ckpt_path,
@@ -134,6 +133,16 @@ def quiet_expected_warnings() -> None:
     # Under DDP the metrics are logged after torchmetrics synced them: identical on every rank.
     names = "|".join(metric_names())
     warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('(train|val|test)/({names})'")
+
+
+def quiet_frozen_parts_warning(module: L.LightningModule) -> None:
+    """Frozen backbone parts are in eval mode on purpose (no dropout or drop-path noise in the features). Lightning
+    warns about modules in eval mode at the start of training: silenced for exactly that many modules, so that any
+    other module left in eval mode is still reported."""
+    frozen = {id(m): m for part in getattr(module, "frozen_backbone_parts", ()) for m in part.modules()}
+    in_eval = sum(1 for m in frozen.values() if not m.training)
+    if in_eval:
+        warnings.filterwarnings("ignore", message=rf"Found {in_eval} module\(s\) in eval mode at the start of training")
 
 
 # --- data and network -----------------------------------------------------------------------------------

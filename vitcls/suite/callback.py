@@ -32,9 +32,7 @@ class SuiteCallback(Callback):
             log.error("suite %s: no leaderboard: %s", config.suite.name, error)
             return
         _publish(config, suite_dir, board, files)
-        log.info("suite %s: leaderboard in %s; go on with a stopped suite: python train.py suite=%s <the same "
-                 "overrides> hydra.sweep.dir=%s resume=true", config.suite.name, files["markdown"], config.suite.name,
-                 suite_dir)
+        log.info("suite %s: leaderboard in %s", config.suite.name, files["markdown"])
 
 
 def _publish(config: DictConfig, suite_dir: Path, board: dict[str, Any], files: dict[str, Path]) -> None:

@@ -11,7 +11,7 @@ Data flow, one module per step:
   outputs.verdicts                  one line per comparison: the best and what the tests say of the others
   outputs.design_rows / job_rows    plain rows -> compare.csv, compare.md, compare.json; compare_jobs.csv/.md
   figures                           compare.png (designs with intervals, or learning curves with `--x`)
-  vitcls.loggers.wandb              with `--wandb`: the table and figure in one run of the sweep's W&B group
+  vitcls.reporting.publish          with `--wandb`: the table and figure in one run of the sweep's W&B group
 
 A head-bank run (bank.json) is one `Run` per head (`runs.load_runs`): another run directory that holds several
 designs would be read the same way. A number every run reports (peak memory, images/s) is one entry of `runs.FACTS` and
@@ -216,8 +216,8 @@ def compare(
         "jobs_markdown": write_text_atomic(out_dir / "compare_jobs.md", job_markdown(jobs)),
     }
     if wandb:
-        from vitcls.loggers.wandb import log_comparison
+        from vitcls.reporting.publish import publish_comparison
 
-        files["wandb"] = log_comparison(sweep_dir, out_dir, rows, files["png"], title)
+        files.update(publish_comparison(["wandb"], sweep_dir, out_dir, rows, files["png"], title))
     printed = job_markdown(jobs) if per_job else text
     return printed, files

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from vitcls.config.overrides import design_name, is_design_key, override_key, parse_overrides
+from vitcls.config.sweeps import sweep_group_name, sweep_label
 from vitcls.data.folder import Sample
 from vitcls.data.images import load_rgb
 from vitcls.io import write_text_atomic
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # <run_dir>/wandb_run_id: a resumed run (ckpt_path inside that run dir) continues the same W&B run.
 RUN_ID_FILE = "wandb_run_id"
-_WANDB_GROUP_MAX_CHARS = 128
 
 
 def _wandb_credentials_available() -> bool:
@@ -69,18 +69,6 @@ def _stored_run_id(checkpoint: Path) -> str | None:
         if id_file.is_file():
             return id_file.read_text().strip() or None
     return None
-
-
-def sweep_label(task_name: str, choices: dict[str, Any]) -> str:
-    """What a sweep runs: its `sweep=` config, else its `experiment=`, else the task name."""
-    return str(choices.get("sweep") or choices.get("experiment") or task_name)
-
-
-def sweep_group_name(label: str, sweep_dir: str | Path) -> str:
-    """`heads_2026-01-01_12-00-00`: the sweep's label and its directory name (the sweep's date by default)."""
-    name = Path(sweep_dir).name
-    group = name if name.startswith(label) else f"{label}_{name}"
-    return group[:_WANDB_GROUP_MAX_CHARS]
 
 
 def _swept_keys(hydra_cfg: Any) -> set[str] | None:
@@ -193,9 +181,13 @@ class VitclsWandbLogger(WandbLogger, ResultSink):
         import wandb
 
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        cell = lambda value: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)  # noqa: E731
-        logs: dict[str, Any] = {f"{name}/table": wandb.Table(columns=columns,
-                                                             data=[[cell(row.get(c)) for c in columns] for row in rows])}
+        data = [[row.get(column) for column in columns] for row in rows]
+        for position in range(len(columns)):  # a W&B column holds one type: mixed ones as text
+            kinds = {type(line[position]) for line in data if line[position] is not None}
+            if len(kinds) > 1 or not kinds <= {int, float, str, bool}:
+                for line in data:
+                    line[position] = None if line[position] is None else str(line[position])
+        logs: dict[str, Any] = {f"{name}/table": wandb.Table(columns=columns, data=data)}
         logs.update({f"{name}/{figure}": wandb.Image(str(path)) for figure, path in figures.items()})
         self.experiment.log(logs)
         self.experiment.summary.update({f"{name}/{key}": value for key, value in summary.items()})

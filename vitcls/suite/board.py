@@ -66,6 +66,14 @@ def cell_rows(cell_dir: Path, cell: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A cell row as one flat line of plain values (a tracker's table): every metric of val and test."""
+    flat = {"cell": row["cell"], "seed": row["seed"], "shots": str(row["shots"]), "draw": row["draw"],
+            "design": row["design"], "protocol": row["protocol"], "status": row["status"]}
+    flat.update({f"{split}/{name}": value for split in ("val", "test") for name, value in row[split].items()})
+    return flat
+
+
 def _absolute(cell_dir: Path, path: str | None) -> str | None:
     if not path:
         return None

@@ -11,8 +11,10 @@ import hydra.utils
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vitcls.config.sweeps import sweep_group_name, sweep_label
 from vitcls.errors import VitclsError
-from vitcls.loggers import ResultSink, finish_runs
+from vitcls.loggers import finish_runs
+from vitcls.reporting.publish import publish_report
 from vitcls.suite.board import write_manifest, write_suite_leaderboard
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,14 @@ class SuiteCallback(Callback):
 
 def _publish(config: DictConfig, suite_dir: Path, board: dict[str, Any], files: dict[str, Path]) -> None:
     """The leaderboard's table and figures in a summary run of each logger that takes results."""
+    loggers = []
     for node in (config.get("logger") or {}).values():
-        if not (isinstance(node, DictConfig) and "_target_" in node):
-            continue
-        overrides = {key: value for key, value in (("save_dir", str(suite_dir)), ("name", "leaderboard"))
-                     if key in node}
-        logger = hydra.utils.instantiate(node, **overrides, _convert_="all")
-        if isinstance(logger, ResultSink):
-            figures = {name: path for name, path in files.items() if str(path).endswith(".png")}
-            logger.log_report("suite/leaderboard", board["rows"], figures, {"verdict": board.get("verdict")})
+        if isinstance(node, DictConfig) and "_target_" in node:
+            group = sweep_group_name(sweep_label(config.task_name, dict(config.hydra.runtime.choices)), suite_dir)
+            settings = {"save_dir": str(suite_dir), "name": "leaderboard", "group": group}
+            overrides = {key: value for key, value in settings.items() if key in node}
+            loggers.append(hydra.utils.instantiate(node, **overrides, _convert_="all"))
+    figures = {name: path for name, path in files.items() if str(path).endswith(".png")}
+    rows = [{key: value for key, value in row.items() if key != "datasets"} for row in board["rows"]]
+    publish_report(loggers, "suite/leaderboard", rows, figures, {"verdict": board.get("verdict")})
     finish_runs(exit_code=0)

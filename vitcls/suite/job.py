@@ -25,9 +25,10 @@ from vitcls.config import to_plain
 from vitcls.errors import ConfigError
 from vitcls.io import write_json_atomic
 from vitcls.loggers import ResultSink, finish_runs
+from vitcls.reporting.publish import publish_report
 from vitcls.run.lifecycle import build_datamodule, run
 from vitcls.run.studies import study_of
-from vitcls.suite.board import CELLS_FILE, cell_rows
+from vitcls.suite.board import CELLS_FILE, cell_rows, flat_row
 from vitcls.suite.cells import Cell, dataset_settings, suite_cells
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ def _report(sinks: list[ResultSink], dataset: str, job_dir: Path, record: dict[s
     """One run per dataset for the loggers that take results: every cell's table (each design's val and test)."""
     if not sinks:
         return
-    rows = [row for cell in record["cells"] for row in cell_rows(job_dir / cell["run_dir"], cell)]
-    for sink in sinks:
-        sink.log_report(f"suite/{dataset}", rows, {}, {"dataset": dataset, "cells": len(record["cells"])})
+    rows = [flat_row(row) for cell in record["cells"] for row in cell_rows(job_dir / cell["run_dir"], cell)]
+    publish_report(sinks, f"suite/{dataset}", rows, {}, {"dataset": dataset, "cells": len(record["cells"])})
     finish_runs(exit_code=0)
 

@@ -1,8 +1,8 @@
 """The documentation's commands work as written (README.md and docs/*.md; the block conventions: tests/docs_blocks.py).
 
-Every recipe marked `<!-- runnable: NAME -->` runs in a fresh folder under tmp_path that looks like a checkout
-(train.py, eval.py and the vitcls package linked in) and holds `photos`, a small synthetic demo folder, unless the
-recipe makes it. Commands run with bash as written; training commands get small CPU settings appended for every key
+Every recipe marked `<!-- runnable: NAME -->` runs in a fresh folder under tmp_path that holds `photos`, a small
+synthetic demo folder (unless the recipe makes it), and links this checkout's train.py, eval.py and vitcls package
+(so that commands run from a checkout, and `PYTHONPATH=.`, use this checkout's code). Commands run with bash as written; training commands get small CPU settings appended for every key
 they do not set themselves (FAST_OVERRIDES, a few batches). Beyond success, each recipe's promise is checked against
 what it wrote (RECIPE_CHECKS). Every other command of the docs is checked without running it: train.py / eval.py
 overrides compose, the console scripts accept their arguments, Python blocks compile, YAML blocks load, links lead
@@ -66,8 +66,8 @@ def with_fast_settings(command: str) -> str:
 
 
 def make_workdir(path: Path, makes_photos: bool) -> Path:
-    """A folder like a checkout's root: train.py, eval.py and vitcls linked in (so `PYTHONPATH=.` finds this
-    checkout's package), and the demo folder `photos` (8 train and 4 test images per class)."""
+    """A folder for a recipe: this checkout's train.py, eval.py and vitcls linked in (`python train.py` and
+    `PYTHONPATH=.` use this checkout's code), and the demo folder `photos` (8 train and 4 test images per class)."""
     from vitcls.data.demo import SyntheticFruitShapes
 
     path.mkdir()
@@ -298,16 +298,21 @@ def test_every_documented_command_composes_or_parses():
     from vitcls.config.validation import check_train_config
     from vitcls.run.studies import study_of
 
-    checked = 0
+    checked, composed = 0, set()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for where, command in documented_commands():
             found = entry_point(command)
             if found is None or "$(" in command or "hydra.searchpath" in command:
                 continue  # not a vitcls command, or one that only the runnable recipes can run
             script, arguments = found
+            checked += 1
             if script in ("train", "eval"):
+                overrides = first_values(arguments)
+                if (script, *overrides) in composed:
+                    continue
+                composed.add((script, *overrides))
                 try:
-                    cfg = compose(config_name=script, overrides=first_values(arguments))
+                    cfg = compose(config_name=script, overrides=overrides)
                     if script == "train":  # the checks a run makes before it reads any folder
                         check_train_config(cfg)
                         study_of(cfg).check(cfg)
@@ -318,7 +323,6 @@ def test_every_documented_command_composes_or_parses():
                     import_module(f"vitcls.cli.{script}").parse_args(arguments)
                 except SystemExit:
                     pytest.fail(f"{where}: {command}: vitcls-{script} does not accept these arguments")
-            checked += 1
     assert checked >= 40, checked  # the docs are full of commands: finding few means the parsing broke
 
 

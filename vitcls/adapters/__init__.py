@@ -46,7 +46,10 @@ class Adapter:
 
     @property
     def spec(self) -> AdapterSpec:
-        return {"name": self.name, **self.settings}
+        """What checkpoints store: the name, where the class is defined when it is not vitcls's own (so that a
+        missing import can be named), and the settings."""
+        where = {} if self.name in BUILT_IN else {"module": type(self).__module__}
+        return {"name": self.name, **where, **self.settings}
 
     def attach(self, backbone: nn.Module) -> nn.Module | None:
         raise NotImplementedError
@@ -77,8 +80,9 @@ def adapter_class(name: str, module: str | None = None) -> type[Adapter]:
     if name not in ADAPTERS and module in BUILT_IN.values():
         importlib.import_module(module)
     if name not in ADAPTERS:
-        where = (f"its code was in the Python module {module!r}: import it first (--import {module})"
-                 if module else "import the module that defines it first (--import MODULE)")
+        where = (f"its code was in the Python module {module!r}: import it first (--imports {module}; "
+                 f"train.py/eval.py imports=[{module}])" if module
+                 else "import the module that defines it first (--imports MODULE; imports=[MODULE])")
         raise ConfigError(f"adapter {name!r} is not a registered adapter (registered: {sorted(ADAPTERS)}); {where}")
     return ADAPTERS[name]
 

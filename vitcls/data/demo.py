@@ -18,7 +18,7 @@ processes (e.g. DDP ranks) never see a half-written folder; later calls with the
 
 Command line::
 
-    python -m vitcls.data.demo ROOT [--train-per-class N] [--test-per-class N] [--image-size S] [--seed K]
+    vitcls-data demo ROOT [--train-per-class N] [--test-per-class N] [--image-size S] [--seed K]
 """
 
 from __future__ import annotations

@@ -222,7 +222,15 @@ def check_demo(workdir: Path, results: list[subprocess.CompletedProcess]) -> Non
     assert len(list((workdir / "shapes" / "train" / "apple").iterdir())) == 20
 
 
+def check_suite(workdir: Path, results: list[subprocess.CompletedProcess]) -> None:
+    board = read_json(workdir / "runs/suite/leaderboard.json")
+    assert len(board["datasets"]) == 2 and {row["protocol"] for row in board["rows"]} == {"head", "knn", "logreg"}
+    assert all(curves for curves in board["few_shot"].values())
+    assert "Leaderboard" in results[1].stdout
+
+
 RECIPE_CHECKS: dict[str, Callable[[Path, list[subprocess.CompletedProcess]], None]] = {
+    "README:suite": check_suite,
     "README:train": check_train,
     "README:compare": check_compare,
     "README:head": check_head,

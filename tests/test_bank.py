@@ -115,6 +115,37 @@ def test_a_bank_with_an_adapter_is_refused():
         HeadBank().check(compose_config("train", ["bank=default", "adapter=lora"]))
 
 
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true"])
+def test_a_bank_in_fp16_is_refused_because_one_scaler_would_skip_every_heads_step(precision):
+    from vitcls.run.studies import HeadBank
+
+    with pytest.raises(ConfigError, match="one head's overflow would skip every head's step"):
+        HeadBank().check(compose_config("train", ["bank=default", f"trainer.precision={precision}"]))
+    HeadBank().check(compose_config("train", ["bank=default", "trainer.precision=bf16-mixed"]))  # bf16 is fine
+
+
+def test_banks_and_compare_break_ties_by_one_rule():
+    """At equal validation scores: the lower validation loss, then the one listed first, in a bank's ranking and
+    in vitcls-compare's (both call vitcls.metrics.selection_key)."""
+    from vitcls.compare.designs import Candidate, Design
+    from vitcls.compare.runs import Run
+    from vitcls.compare.scoring import Ranking, score_designs
+    from vitcls.compare.stats import Resampler
+    from vitcls.run.bank_heads import rank_heads
+
+    scores = [(0.8, 0.9), (0.8, 0.4), (0.9, 1.5), (0.8, 0.4)]  # (val f1_macro, val loss) per design, in list order
+    heads = [{"index": i, "status": "ok", "val": {"f1_macro": f1, "loss": loss}} for i, (f1, loss) in enumerate(scores)]
+    assert rank_heads(heads, "val/f1_macro", maximize=True) == [2, 1, 3, 0]
+    designs = []
+    for i, (f1, loss) in enumerate(scores):
+        run = Run(f"job{i}", Path("."), {"head": f"h{i}"}, "ok", metrics={"val": {"f1_macro": f1, "loss": loss},
+                                                                          "test": {"f1_macro": 0.5}})
+        designs.append(Design(f"head=h{i}", {"head": f"h{i}"}, None, [Candidate({}, [run])],
+                              chosen=Candidate({}, [run])))
+    ranked, _ = score_designs(designs, Ranking("val", "f1_macro", minimize=False), Resampler(10))
+    assert [score.design.name for score in ranked] == ["head=h2", "head=h1", "head=h3", "head=h0"]
+
+
 def test_a_bank_on_a_backbone_that_trains_is_refused_with_the_reason_and_the_alternative(tmp_path):
     result = run_cli("train.py", "bank=default", "model.train_blocks=last_2", f"data.root={tmp_path}",
                      f"hydra.run.dir={tmp_path / 'run'}", *FAST_OVERRIDES, expect_success=False)

@@ -5,10 +5,10 @@ LightningModule were split): a 1-block ViT at 32 px with an MLP head on `cls+mea
 kiwi; legacy_v0.json holds the logits that 0.1's `load_classifier` gave for a fixed input
 (torch.manual_seed(0); torch.rand(2, 3, 32, 32)).
 
-tests/fixtures/legacy_v02.ckpt and legacy_v02_export/ were written by vitcls 0.2 (commit 143ae76, one head per
-network: `tap` and `head` in its config, `head.*` and `prompts.*` in its state dict, export format 2): a 1-block,
-width-32 ViT at 32 px with a VPT adapter (2 prompts) and an MLP head on `cls+mean`, classes apple and kiwi;
-legacy_v02.json holds the logits 0.2 gave for the same fixed input.
+tests/fixtures/legacy_v02.ckpt and legacy_v02_export/ were written by vitcls 0.2 (commit 143ae76, one head
+per network: `tap` and `head` in its config, `head.*` and `prompts.*` in its state dict, export format 2): a
+1-block, width-32 ViT at 32 px with a VPT adapter (2 prompts) and an MLP head on `cls+mean`, classes apple and
+kiwi; legacy_v02.json holds the logits 0.2 gave for the same fixed input.
 """
 
 from __future__ import annotations

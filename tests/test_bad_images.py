@@ -94,7 +94,8 @@ def test_a_batch_whose_images_all_went_bad_is_skipped_and_test_metrics_count_rea
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     trainer.test(module, datamodule=dm, verbose=False)
-    assert int(module.last_confusion["test"].sum()) == len(dm.splits["test"]) - 3
+    assert int(module.confusion_matrices["test"][0].sum()) == len(dm.splits["test"]) - 3
+    assert len(module.head_predictions("test")) == len(dm.splits["test"]) - 3
     assert len(dm.skipped_files()) == 3
 
 

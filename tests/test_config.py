@@ -65,7 +65,8 @@ def test_module_builds_from_config_for_each_head(head):
     module = build_module(cfg, ["a", "b", "c"])
     assert module.net.head.num_classes == 3
     assert module.class_names == module.hparams.net["class_names"] == ["a", "b", "c"]
-    assert module.hparams.net["head"]["name"] == head
+    [entry] = module.hparams.net["heads"]
+    assert entry["head"]["name"] == head
 
 
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path):

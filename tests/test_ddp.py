@@ -134,9 +134,8 @@ def test_multirun_with_ddp_keeps_each_jobs_processes_in_its_directory(image_fold
         assert summary["paths"]["run_dir"] == str(job_dir) and summary["world_size"] == 2
         assert (job_dir / "train_ddp_process_1.log").is_file()
         assert sorted(p.name for p in job_dir.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
-        heads.append(
-            torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["net"]["head"]["name"]
-        )
+        [entry] = torch.load(summary["best_ckpt"], weights_only=True)["hyper_parameters"]["net"]["heads"]
+        heads.append(entry["head"]["name"])
     assert sorted(heads) == ["linear", "mlp"]
 
 

@@ -85,12 +85,13 @@ def test_training_writes_a_self_contained_export_directory(trained):
     config = json.loads((export / "config.json").read_text())
     checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     net_config = checkpoint["hyper_parameters"]["net"]
-    assert config["format_version"] == FORMAT_VERSION == 2
+    assert config["format_version"] == FORMAT_VERSION == 3
     assert config["class_names"] == net_config["class_names"] == ["blue", "green", "red"]
     assert config["num_classes"] == 3
     # "model" is the ImageClassifier config: the checkpoint's network, tap and head by registered name
     assert config["model"] == net_config
-    assert config["model"]["head"]["name"] == "mlp" and config["model"]["tap"]["features"] == "cls"
+    [entry] = config["model"]["heads"]
+    assert entry["head"]["name"] == "mlp" and entry["tap"]["features"] == "cls"
     assert config["timm_model"] == net_config["backbone"]["name"]
     assert config["preprocessing"]["input_size"] == [3, 32, 32]
     assert {"mean", "std", "interpolation"} <= set(config["preprocessing"])
@@ -116,7 +117,8 @@ images = load_file(inputs)["images"]
 save_file({"logits": predictor.logits(images).contiguous()}, outputs)
 print(",".join(predictor.class_names))
 from hydra.core.global_hydra import GlobalHydra
-assert "vitcls.train" not in sys.modules and not GlobalHydra.instance().is_initialized()  # no training config
+training = {"vitcls.run.lifecycle", "vitcls.run.studies", "vitcls.cli.train", "lightning"} & set(sys.modules)
+assert not training and not GlobalHydra.instance().is_initialized(), training  # no training code or config
 """
 
 

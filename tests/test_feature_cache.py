@@ -3,7 +3,6 @@ train the head on them with the same results as the uncached frozen run."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -12,7 +11,7 @@ from conftest import FAST_OVERRIDES, compose_config, tiny_module
 
 from vitcls.cli.train import run_training as run
 from vitcls.data.datamodule import ImageFolderDataModule
-from vitcls.data.feature_cache import FeatureCache
+from vitcls.data.feature_store import FeatureStore
 from vitcls.errors import ConfigError
 from vitcls.run.inputs import feature_keys
 
@@ -69,18 +68,6 @@ def test_settings_that_leave_features_unchanged_keep_the_key(folder):
     assert keys(folder, classifier(drop_path_rate=0.1)) == keys(folder, classifier())
 
 
-def test_cache_round_trip(tmp_path):
-    cache = FeatureCache(tmp_path / "cache")
-    features, labels = torch.randn(5, 7), torch.tensor([0, 1, 1, 0, 2])
-    assert cache.load("k") is None
-    cache.save("k", features, labels, {"split": "train"})
-    loaded_features, loaded_labels = cache.load("k")
-    assert torch.equal(loaded_features, features) and torch.equal(loaded_labels, labels)
-    description = json.loads((tmp_path / "cache" / "k.json").read_text())["description"]
-    assert description["num_samples"] == 5 and description["feature_shape"] == [7]
-    assert not list((tmp_path / "cache").glob(".*.tmp"))  # no temp debris
-
-
 def train(tmp_path, name, root, *overrides):
     cfg = compose_config(
         "train",
@@ -111,6 +98,18 @@ def test_cached_run_equals_the_uncached_frozen_run(image_folder_factory, tmp_pat
     )
     entries = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(entries) == 3
+    # one entry per split, saying what it stands for, with one feature row (CLS: 192 values) per image
+    store = FeatureStore(tmp_path / "cache")
+    described = {info.description["split"]: info for info in store.entries()}
+    assert sorted(described) == ["test", "train", "val"]
+    labels = {}
+    for split, info in described.items():
+        assert info.state == "complete" and info.description["tap"]["features"] == "cls"
+        tensors = store.load(info.key, verify=True)
+        assert tensors["features"].shape == (len(tensors["labels"]), 192)
+        labels[split] = tensors["labels"].tolist()
+    # 12 images per class in train/ (split into train and val) and in test/
+    assert sorted(labels["train"] + labels["val"]) == sorted(labels["test"]) == sorted([0, 1, 2] * 12)
     stamps = [p.stat().st_mtime_ns for p in entries]
     again = train(
         tmp_path, "again", root, "model.train_blocks=none", "data.num_workers=1", "feature_cache.enabled=true"
@@ -130,14 +129,10 @@ def test_cached_run_equals_the_uncached_frozen_run(image_folder_factory, tmp_pat
     assert states[1]["datamodule_hyper_parameters"] == states[0]["datamodule_hyper_parameters"]
 
 
-@pytest.mark.parametrize(
-    "overrides", [["model.train_blocks=all"], ["model.train_blocks=none", "data.train_augment={hflip:0.5}"]]
-)
-def test_feature_cache_needs_a_frozen_backbone_without_augmentation(
-    image_folder_factory, tmp_path, overrides
-):
+def test_feature_cache_needs_a_backbone_whose_stem_is_frozen(image_folder_factory, tmp_path):
+    # (Training augmentation is cached as augmented views: tests/test_cached_views.py.)
     root = image_folder_factory({"a": 4, "b": 4})
     with pytest.raises(
-        ConfigError, match=r"feature_cache\.enabled=true needs .*model\.train_blocks=none.*data\.train_augment"
+        ConfigError, match=r"feature_cache\.enabled=true needs a frozen backbone \(model\.train_blocks=none\)"
     ):
-        train(tmp_path, "run", root, "feature_cache.enabled=true", *overrides)
+        train(tmp_path, "run", root, "feature_cache.enabled=true", "model.train_blocks=all")

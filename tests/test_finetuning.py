@@ -62,9 +62,9 @@ def test_ema_weights_are_the_checkpoint_weights_and_differ_from_the_raw_ones(ima
     expected = steps[0]  # the first update copies the weights, then ema = decay * ema + (1 - decay) * w
     for weights in steps[1:]:
         expected = DECAY * expected + (1 - DECAY) * weights
-    saved = checkpoint["state_dict"]["net.head.fc.weight"]
+    saved = checkpoint["state_dict"]["net.heads.0.fc.weight"]
     assert torch.allclose(saved, expected, atol=1e-6)
-    assert torch.equal(checkpoint["current_model_state"]["net.head.fc.weight"], steps[-1])
+    assert torch.equal(checkpoint["current_model_state"]["net.heads.0.fc.weight"], steps[-1])
     assert not torch.allclose(saved, steps[-1], atol=1e-4)
     assert torch.equal(RecordHeadWeights.tested, saved)  # summary.json's test metrics are the EMA model's
     assert torch.equal(RecordHeadWeights.validated, saved)  # and its val metrics too

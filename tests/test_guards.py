@@ -64,7 +64,7 @@ def test_skip_leaves_the_weights_untouched_by_non_finite_batches(image_folder_fa
         class_names=["a", "b"],
     )
     for key, value in fresh.head.state_dict().items():
-        assert torch.equal(state[f"net.head.{key}"], value), key  # every update was skipped: no step, no decay
+        assert torch.equal(state[f"net.heads.0.{key}"], value), key  # every update was skipped: no step, no decay
 
 
 def test_skip_only_drops_the_bad_updates(image_folder_factory, tmp_path):

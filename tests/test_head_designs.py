@@ -47,9 +47,10 @@ def test_every_tap_and_head_gives_logits(name, img_size, width, tokens, head, fe
     module = make_classifier(head, features, name=name, img_size=img_size).eval()
     images = torch.randn(2, 3, img_size, img_size)
     expected = {"cls+mean": (2, 2 * width), "last_k": (2, 2 * width), "tokens": (2, tokens, width)}
-    assert module.net.features(images).shape == expected.get(features, (2, width))
+    [tapped] = module.net.features(images)  # one head: one tap
+    assert tapped.shape == expected.get(features, (2, width))
     assert module(images).shape == (2, 3)
-    assert torch.equal(module(images), module.net.head(module.net.features(images)))
+    assert torch.equal(module(images), module.net.head(tapped))
 
 
 def test_taps_match_an_independent_computation_and_skip_register_tokens():
@@ -69,10 +70,11 @@ def test_taps_match_an_independent_computation_and_skip_register_tokens():
     ]
     with torch.no_grad():
         tokens = reference.forward_features(images)
-        torch.testing.assert_close(taps["cls"].net.features(images), reference(images))  # timm's own CLS pooling
-        torch.testing.assert_close(taps["mean"].net.features(images), tokens[:, 5:].mean(dim=1))
+        [cls], [mean], [last_k] = (taps[f].net.features(images) for f in ("cls", "mean", "last_k"))
+        torch.testing.assert_close(cls, reference(images))  # timm's own CLS pooling
+        torch.testing.assert_close(mean, tokens[:, 5:].mean(dim=1))
         expected = torch.cat([reference.norm(outputs[k])[:, 0] for k in (1, 2)], dim=-1)
-        torch.testing.assert_close(taps["last_k"].net.features(images), expected)
+        torch.testing.assert_close(last_k, expected)
     for hook in hooks:
         hook.remove()
 
@@ -174,7 +176,7 @@ def test_frozen_parts_get_no_gradients_and_do_not_change_after_a_step(setting, f
             assert parameter.grad is not None, name
         else:
             assert parameter.grad is None and not changed, name
-    assert not torch.equal(module.net.head.fc.weight, before["net.head.fc.weight"])
+    assert not torch.equal(module.net.head.fc.weight, before["net.heads.0.fc.weight"])
     if setting.get("bitfit"):
         assert not module.net.backbone.blocks[0].attn.qkv.weight.requires_grad
         assert not torch.equal(
@@ -194,7 +196,7 @@ def test_each_head_learns_a_separable_problem_on_cached_features(head, features)
     targets = torch.tensor([0] * 16 + [1] * 16)
     module.eval()
     with torch.no_grad():
-        cached = module.net.features(images)
+        [cached] = module.net.features(images)
     module.net.head.train()
     optimizer = torch.optim.Adam(module.net.head.parameters(), lr=1e-3)
     losses = []
@@ -218,7 +220,7 @@ def test_a_checkpoint_rebuilds_tap_head_and_trainability_from_its_hyperparameter
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(images), module(images))
     assert loaded.parameter_counts == module.parameter_counts
-    for key in ("tap", "head", "class_names"):
+    for key in ("heads", "adapter", "class_names"):
         assert loaded.net.config[key] == module.net.config[key], key
     # the pretrained weights are in the checkpoint: nothing is downloaded again
     assert loaded.net.config["backbone"] == {**module.net.config["backbone"], "pretrained": False, "weights": None}

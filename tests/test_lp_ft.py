@@ -69,7 +69,7 @@ def test_backbone_is_frozen_for_the_probe_epochs_then_trains():
     assert {id(p) for p in module.net.backbone.parameters()} <= recorder.optimized
     for epoch in (0, 1):
         assert not changed(initial, after_epoch[epoch], "net.backbone."), f"backbone moved in probe epoch {epoch}"
-        assert changed(initial if epoch == 0 else after_epoch[0], after_epoch[epoch], "net.head.")
+        assert changed(initial if epoch == 0 else after_epoch[0], after_epoch[epoch], "net.heads.0.")
         assert recorder.backbone_training[epoch] is False
     assert changed(after_epoch[1], after_epoch[2], "net.backbone.")
     assert recorder.backbone_training[2] is True

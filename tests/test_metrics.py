@@ -41,11 +41,13 @@ def test_module_test_loop_logs_exact_metrics_and_confusion_matrix():
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     logged = trainer.test(module, DataLoader(TensorDataset(images, targets), batch_size=8), verbose=False)[0]
 
-    predicted = torch.cat(module.test_predictions).argmax(1).numpy()
+    predicted = module.head_predictions("test", 0).argmax(1).numpy()
     with torch.no_grad():
         assert np.array_equal(predicted, module.eval()(images).argmax(1).numpy())
     for name, expected in sklearn_metrics(targets.numpy(), predicted).items():
         assert logged[f"test/{name}"] == pytest.approx(expected, abs=1e-6), name
+        assert module.results["test"][0][name] == pytest.approx(expected, abs=1e-6), name
     expected_cm = skm.confusion_matrix(targets.numpy(), predicted, labels=range(4))
-    assert np.array_equal(module.last_confusion["test"].numpy(), expected_cm)
-    assert int(module.last_confusion["test"].sum()) == 53
+    assert module.confusion_matrices["test"].shape == (1, 4, 4)
+    assert np.array_equal(module.confusion_matrices["test"][0].numpy(), expected_cm)
+    assert int(module.confusion_matrices["test"].sum()) == 53

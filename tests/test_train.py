@@ -92,7 +92,7 @@ def test_same_seed_gives_the_same_metrics(image_folder_factory, tmp_path):
         assert torch.equal(weights[0][key], weights[1][key]), key
     third = train_in_process(tmp_path / "c", *args, "seed=7")
     third_weights = torch.load(third["best_ckpt"], weights_only=True)["state_dict"]
-    assert not torch.equal(third_weights["net.head.fc.weight"], weights[0]["net.head.fc.weight"])
+    assert not torch.equal(third_weights["net.heads.0.fc.weight"], weights[0]["net.heads.0.fc.weight"])
 
 
 def test_frozen_backbone_trains_only_the_head(image_folder_factory, tmp_path):
@@ -144,9 +144,10 @@ def test_multirun_gives_each_job_its_own_run_directory(image_folder_factory, tmp
             f"hydra.sweep.dir={sweep_dir}")
     summaries = {job: json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")}
     assert {s["paths"]["run_dir"] for s in summaries.values()} == {str(sweep_dir / "0"), str(sweep_dir / "1")}
-    heads = [torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["net"]["head"]["name"]
+    heads = [[entry["head"]["name"] for entry in
+              torch.load(s["best_ckpt"], weights_only=True)["hyper_parameters"]["net"]["heads"]]
              for s in summaries.values()]
-    assert sorted(heads) == ["linear", "mlp"]
+    assert sorted(heads) == [["linear"], ["mlp"]]
 
 
 @pytest.mark.slow
@@ -168,8 +169,9 @@ def test_tutorial_recipe_runs_offline_from_a_local_weights_file(fruits_root, tmp
     ]))
     checkpoint = torch.load(summary["best_ckpt"], weights_only=True)
     assert checkpoint["hyper_parameters"]["net"]["backbone"]["name"] == "vit_base_patch16_224.augreg_in21k"
-    assert checkpoint["hyper_parameters"]["net"]["tap"]["features"] == "cls"
+    [entry] = checkpoint["hyper_parameters"]["net"]["heads"]
+    assert entry["tap"]["features"] == "cls"
     assert checkpoint["datamodule_hyper_parameters"]["crop_pct"] == 1.0
     assert checkpoint["state_dict"]["net.backbone.pos_embed"].shape == (1, 197, 768)
-    assert checkpoint["state_dict"]["net.head.fc.weight"].shape == (10, 768)
+    assert checkpoint["state_dict"]["net.heads.0.fc.weight"].shape == (10, 768)
     assert summary["global_steps"] == 2

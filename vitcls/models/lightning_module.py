@@ -370,7 +370,8 @@ class ClassifierModule(L.LightningModule):
         num_classes = len(self.class_names)
         local = (torch.cat(record.probabilities) if record.probabilities
                  else torch.empty(0, self.num_heads, num_classes))
-        rows = gather_in_dataset_order(self, local.reshape(len(local), -1))
+        # The width is spelled out: a rank without images has 0 rows, which reshape(0, -1) cannot size.
+        rows = gather_in_dataset_order(self, local.reshape(len(local), self.num_heads * num_classes))
         self.predictions[split] = rows.reshape(len(rows), self.num_heads, num_classes)
 
     def _log(self, split: str, results: list[dict[str, float]], to_loggers: bool) -> None:

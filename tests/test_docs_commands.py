@@ -235,7 +235,7 @@ RECIPE_CHECKS: dict[str, Callable[[Path, list[subprocess.CompletedProcess]], Non
     "README:compare": check_compare,
     "README:head": check_head,
     "README:logger": check_logger,
-    "README:adapter": check_adapter,
+    "training:adapter": check_adapter,
     "README:export": check_export,
     "README:resume": check_resume,
     "data:demo": check_demo,

@@ -6,6 +6,8 @@ else
 VENV := .venv
 endif
 PYTHON := $(VENV)/bin/python
+# tests and the runs they start write no __pycache__ into the checkout
+export PYTHONDONTWRITEBYTECODE := 1
 STAMP := $(VENV)/.vitcls-installed
 
 .PHONY: setup demo test test-all lint format clean

@@ -266,6 +266,7 @@ def test_the_bank_selects_on_validation_and_summary_describes_the_selected_head(
     assert (bank_run / "bank.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_bank_head_exports_and_the_predictor_agrees_with_its_evaluation(bank_run, close_folder, tmp_path):
     from vitcls import Predictor
 

@@ -74,6 +74,7 @@ def test_a_logger_of_ones_own_receives_the_table_of_a_banks_heads(folder, user_c
     assert [h["test"] for h in results["heads"]] == [h["test"] for h in bank["heads"]]
 
 
+@pytest.mark.slow
 def test_an_adapter_of_ones_own_trains_exports_and_predicts(folder, user_conf, tmp_path):
     run_dir = tmp_path / "adapted"
     train(folder, user_conf, run_dir, "adapter=channel_scale", "optim.lr=0.05")

@@ -152,6 +152,7 @@ def run_config_design(job_name: str) -> str:
     return job_name.replace(",head.dropout=", "(dropout=") + ")"
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, tmp_path, wandb_offline):
     root = image_folder_factory({"a": 6, "b": 6})  # two training batches of 4
     sweep = tmp_path / "sweep"
@@ -191,6 +192,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(image_folder_factory, t
     assert "- 0 (optim.lr=1e+36): failed: NonFiniteLossError: the training loss is nan" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_multirun_names_its_sweep_dir_at_launch_and_the_next_commands_at_the_end(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 5, "b": 5})
     logs = tmp_path / "logs"  # the default sweep directory: <log_dir>/train/multiruns/<time of launch>

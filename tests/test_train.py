@@ -16,6 +16,7 @@ from vitcls.cli.train import run_training as run
 from vitcls.metrics import metric_names
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_fruits_run_writes_the_run_directory_and_eval_reproduces_it(fruits_root, tmp_path):
     run_dir = tmp_path / "train"
@@ -137,6 +138,7 @@ def test_eval_refuses_data_with_other_classes(image_folder_factory, tmp_path):
     assert not (tmp_path / "eval" / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_multirun_gives_each_job_its_own_run_directory(image_folder_factory, tmp_path):
     root = image_folder_factory({"a": 4, "b": 4})
     sweep_dir = tmp_path / "sweep"

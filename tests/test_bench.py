@@ -87,7 +87,7 @@ def test_head_sweep_bench(fruits_root, tmp_path):
     assert len(values["test_acc"]["cached"]) == 2
     phases = values["phases_mean_s"]
     assert set(phases) == {"uncached", "cached_first", "cached_later"}
-    assert phases["cached_first"]["training_batches"] > phases["cached_later"]["training_batches"]  # computed, then loaded
+    assert phases["cached_first"]["training_inputs"] > phases["cached_later"]["training_inputs"]  # computed, then loaded
     assert len(values["phases_s"]["uncached"]) == 2
     assert values["job_order"] == ["cached 0", "uncached 0", "uncached 1", "cached 1"]  # interleaved
 

@@ -15,12 +15,12 @@ from vitcls.reporting.plots import bank_chart, save_bank_chart
 RANKING = Ranking("val", "f1_macro", minimize=False)
 # (design, vs_best, val mean, test mean): head=linear's validation interval lies far below the best's, yet the
 # test cannot tell it from the best: that colour belongs on its test marker, not on its validation one.
-DESIGNS = [("head=mlp", "best", 0.49, 0.80), ("head=linear", "not distinguishable", 0.32, 0.79),
+CANDIDATES = [("head=mlp", "best", 0.49, 0.80), ("head=linear", "not distinguishable", 0.32, 0.79),
            ("head=cosine", "worse", 0.30, 0.60), ("head=attention", "better", 0.28, 0.95),
            ("head=norm_linear", "unknown", 0.25, 0.78)]
 
 
-def rows(designs=DESIGNS):
+def rows(designs=CANDIDATES):
     found = []
     for rank, (name, vs_best, val, test) in enumerate(designs, start=1):
         row = {"rank": rank, "design": name, "n_seeds": 2, "vs_best": vs_best}
@@ -52,16 +52,16 @@ def assert_off_the_axes(fig):
 def test_the_test_marker_carries_the_label_and_the_validation_marker_never_does():
     fig = design_chart(rows(), RANKING, selected_on_test=False)
     drawn = markers(fig)
-    val_colours = {drawn[f"val/f1_macro:{name}"] for name, *_ in DESIGNS}
+    val_colours = {drawn[f"val/f1_macro:{name}"] for name, *_ in CANDIDATES}
     assert len(val_colours) == 1  # one colour for every validation marker, whatever its test says
-    for name, vs_best, *_ in DESIGNS:
+    for name, vs_best, *_ in CANDIDATES:
         assert drawn[f"test/f1_macro:{name}"] == TEST_COLOURS[vs_best]
-    assert len({TEST_COLOURS[vs_best] for _, vs_best, *_ in DESIGNS}) == len(DESIGNS)
+    assert len({TEST_COLOURS[vs_best] for _, vs_best, *_ in CANDIDATES}) == len(CANDIDATES)
     # the legend shows each marker as drawn: the validation one in its colour, one test entry per label
     entries = legend_entries(fig)
     assert entries["val/f1_macro (ranks the designs)"] == ("o", val_colours.pop())
     test_entries = {text: colour for text, (marker, colour) in entries.items() if text.startswith("test/")}
-    assert sorted(test_entries.values()) == sorted(TEST_COLOURS[vs_best] for _, vs_best, *_ in DESIGNS)
+    assert sorted(test_entries.values()) == sorted(TEST_COLOURS[vs_best] for _, vs_best, *_ in CANDIDATES)
     assert entries["test/f1_macro: not distinguishable from it (Holm p >= 0.05)"] == (
         "s", TEST_COLOURS["not distinguishable"])
     assert entries["test/f1_macro: better than it (Holm p < 0.05)"] == ("s", TEST_COLOURS["better"])
